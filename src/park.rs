@@ -1,0 +1,100 @@
+//! Parking: the one primitive every blocking operation of smarm stands on.
+//!
+//! A blocking operation (channel receive, join, sleep, IO wait) registers an
+//! [`Unparker`] for the current context wherever the event will come from,
+//! then calls [`park`] in a loop until its condition holds. The event's
+//! producer calls [`Unparker::unpark`]. The protocol is the one of
+//! `std::thread::park`: each context owns one wake-up token; `unpark` sets it
+//! (and resumes the context if it is parked); `park` consumes it, returning at
+//! once if it was already set. Spurious returns are allowed, so callers always
+//! re-check their condition.
+//!
+//! The same calls work for actors and for plain threads:
+//! - in an actor, `park` suspends the actor and its scheduler thread runs
+//!   others; `unpark` makes it runnable again (on the waker's scheduler
+//!   thread when the waker is a worker of the same runtime, no syscall);
+//! - on a plain thread, `park` blocks the thread (`std::thread::park`).
+//!
+//! # Kill
+//! In an actor, `park` and `park_until` unwind with a [`crate::Killed`]
+//! payload when the actor has been killed (once: code that runs during that
+//! unwind may block again normally). Every caller must therefore keep its
+//! data structures consistent across a panic out of `park` (deregister
+//! waiters in a drop guard).
+
+use std::time::Instant;
+
+use crate::scheduler;
+
+/// Wakes one parked context (actor or plain thread). Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Unparker(Inner);
+
+#[derive(Clone)]
+enum Inner {
+    Actor(scheduler::ActorRef),
+    Thread(std::thread::Thread),
+}
+
+impl Unparker {
+    /// Sets the context's token and makes it runnable if it is parked.
+    #[inline]
+    pub(crate) fn unpark(&self) {
+        match &self.0 {
+            Inner::Actor(a) => a.unpark(),
+            Inner::Thread(t) => t.unpark(),
+        }
+    }
+
+    /// Consumes the handle and wakes its context; saves a reference-count
+    /// round trip compared with `unpark` followed by drop.
+    #[inline]
+    pub(crate) fn unpark_owned(self) {
+        match self.0 {
+            Inner::Actor(a) => a.unpark_owned(),
+            Inner::Thread(t) => t.unpark(),
+        }
+    }
+
+    /// True when both handles wake the same context.
+    pub(crate) fn same_context(&self, other: &Unparker) -> bool {
+        match (&self.0, &other.0) {
+            (Inner::Actor(a), Inner::Actor(b)) => a.ptr_eq(b),
+            (Inner::Thread(a), Inner::Thread(b)) => a.id() == b.id(),
+            _ => false,
+        }
+    }
+}
+
+/// The unparker of the calling context (the current actor, else this thread).
+#[inline]
+pub(crate) fn current() -> Unparker {
+    match scheduler::current_actor_ref() {
+        Some(a) => Unparker(Inner::Actor(a)),
+        None => Unparker(Inner::Thread(std::thread::current())),
+    }
+}
+
+/// Blocks the calling context until its token is set, then consumes it.
+/// May return spuriously. In an actor, may unwind with `Killed`.
+#[inline]
+pub(crate) fn park() {
+    if scheduler::in_actor() {
+        scheduler::park_actor(None);
+    } else {
+        std::thread::park();
+    }
+}
+
+/// Like [`park`], but returns no later than about `deadline` (never reports
+/// which). In an actor the wait is a timer of the runtime's timer mechanism.
+pub(crate) fn park_until(deadline: Instant) {
+    if scheduler::in_actor() {
+        scheduler::park_actor(Some(deadline));
+    } else {
+        let now = Instant::now();
+        if deadline > now {
+            std::thread::park_timeout(deadline - now);
+        }
+    }
+}
