@@ -1,10 +1,52 @@
 //! smarm: a stackful, preemptive actor runtime with Erlang-style supervision.
+//!
+//! Actors are plain closures on their own small stacks: they block in
+//! `recv()`, `sleep()` or a socket read like ordinary threads, cost a cell of
+//! bookkeeping and a pooled 64 KiB stack, and switch in nanoseconds.
+//!
+//! ```no_run
+//! use smarm::runtime::{self, Config};
+//! let rt = runtime::init(Config::default());
+//! let answer = rt.block_on(|| {
+//!     let (tx, rx) = smarm::channel();
+//!     smarm::spawn(move || tx.send(42).unwrap());
+//!     rx.recv().unwrap()
+//! });
+//! assert_eq!(answer, 42);
+//! ```
+//!
+//! The design is described in LOOM.md.
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 compile_error!("smarm supports x86-64 Linux only: its context switch is x86-64 assembly and its stacks, parking and IO use Linux system calls");
 
+mod actor;
+mod arch;
+mod cell;
 pub mod channel;
+mod overflow;
+mod panic;
 pub(crate) mod park;
+mod parker;
 pub mod preempt;
+mod runqueue;
+pub mod runtime;
 pub(crate) mod scheduler;
+mod stack;
+mod timer;
+mod time;
 
+pub use actor::{kill, self_pid, spawn, spawn_under, yield_now, Builder, JoinHandle, Killed, Pid, Signal};
+pub use channel::oneshot;
+pub use channel::{
+    bounded, channel, Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender, TryRecvError,
+    TrySendError,
+};
+pub use time::{sleep, sleep_until};
+
+#[doc(hidden)]
+pub mod __private {
+    //! Support for smarm's own benchmarks and tests; not a public API.
+    pub use crate::stack::guard_mode;
+    pub use crate::time::raw_switch_pingpong;
+}

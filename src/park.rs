@@ -32,7 +32,7 @@ pub(crate) struct Unparker(Inner);
 
 #[derive(Clone)]
 enum Inner {
-    Actor(scheduler::ActorRef),
+    Actor(crate::cell::ActorRef),
     Thread(std::thread::Thread),
 }
 

@@ -1,21 +1,1129 @@
-//! Placeholder: plain threads only (the actor scheduler replaces this file).
-use std::time::Instant;
+//! The scheduler: scheduler threads, their run queues, switching, parking.
+//!
+//! # Vocabulary
+//! - *runtime*: a set of scheduler threads sharing one [`Shared`];
+//! - *worker*: one scheduler thread; its thread-local [`Local`] is "executed
+//!   only by the owner thread", its [`WorkerShared`] is visible to the others;
+//! - *actor*: a closure with its own stack and [`ActorCell`];
+//! - *context*: an actor's stack or a worker's own OS-thread stack (the
+//!   *scheduler context*).
+//!
+//! # Switching directly from actor to actor
+//! When an actor yields, parks or exits, the code of [`switch_away`] runs on
+//! that actor's stack, picks the next actor and switches straight to it: one
+//! context switch per hand-off, not two. Only when nothing is runnable does
+//! it switch to the scheduler context, which parks the thread.
+//!
+//! The actor being left cannot be made runnable (or have its stack recycled)
+//! before its registers are saved, or another thread could resume it while it
+//! is still running. So the *post-switch action* (requeue, mark parked, or
+//! recycle) is recorded in `Local::post` and performed by whichever context
+//! runs next, as its very first act ([`finish_switch`]): the resumed actor
+//! (when its `switch` call returns), a fresh actor (first thing in
+//! [`actor_entry`]), or the scheduler context (in its loop). This is the
+//! "finish task switch" of operating-system kernels.
+//!
+//! # Which code runs on which stack
+//! - scheduler loop, thread parking, shutdown: the worker's OS stack;
+//! - `switch_away`, `finish_switch`, picking the next actor, stealing, firing
+//!   timers: whichever stack is current (actor stacks included; all of it is
+//!   small and never recursive);
+//! - the panic hook's heavy work: the worker's OS stack, below its saved
+//!   stack pointer (see `panic.rs`).
+//!
+//! # Thread-locals across switches
+//! An actor may resume on another OS thread. The compiler may keep the
+//! address of a thread-local in a register across a call, so runtime code
+//! never uses a thread-local it read before a switch after that switch:
+//! every post-switch path re-reads it in a separate `#[inline(never)]`
+//! function ([`finish_switch`], [`local`]).
+//!
+//! # Fairness
+//! - yield pushes to the back of the local queue;
+//! - spawned and woken actors go to the LIFO slot (message-passing locality),
+//!   but at most [`LIFO_MAX`] hand-offs in a row run from it;
+//! - every [`GLOBAL_INTERVAL`] ticks the injector is checked first and due
+//!   timers are fired;
+//! - actors preempted inside the allocator stay on their thread (the pinned
+//!   list) and alternate with the local queue.
+//!
+//! # Idle workers
+//! A worker with nothing to run registers in the idle set, re-checks every
+//! queue and timer (so a concurrent push is never missed: both sides issue a
+//! SeqCst fence between their write and their read), then sleeps on its
+//! futex until woken or until the earliest timer deadline of the whole
+//! runtime. Whoever makes work available where another worker could take it
+//! wakes one idle worker unless one is already searching for work.
 
-#[derive(Clone)]
-pub(crate) struct ActorRef(());
-impl ActorRef {
-    pub(crate) fn unpark(&self) {}
-    pub(crate) fn unpark_owned(self) {}
-    pub(crate) fn ptr_eq(&self, _o: &ActorRef) -> bool {
-        false
+use std::cell::Cell;
+use std::ptr;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::arch;
+use crate::cell::{self, ActorCell, ActorRef, DONE, JOIN_WAITING, KILL, NOTIFIED, PARKED, QUEUED, RUNNING, ST_MASK};
+use crate::parker::Parker;
+use crate::preempt;
+use crate::runqueue::{Injector, LocalQueue};
+use crate::stack;
+use crate::timer::{NextDeadline, TimerHeap, NEVER};
+
+/// Consecutive hand-offs served from the LIFO slot before the queue is served.
+const LIFO_MAX: u32 = 32;
+/// Every this many ticks the injector and the timers come first.
+const GLOBAL_INTERVAL: u32 = 61;
+/// Actors moved from the injector to a local queue at a time.
+const INJECT_BATCH: usize = 32;
+/// An idle worker sleeps at most this long before trimming the stack pool.
+const TRIM_AFTER: Duration = Duration::from_millis(500);
+
+type Task = *const ActorCell;
+
+/// The resolved settings of one runtime.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub threads: usize,
+    pub stack_size: usize,
+    pub alloc_interval: u32,
+    pub timeslice_cycles: u64,
+}
+
+/// What a worker shares with the others.
+pub(crate) struct WorkerShared {
+    pub queue: LocalQueue,
+    pub parker: Parker,
+    pub timers: Mutex<TimerHeap>,
+    pub next_deadline: NextDeadline,
+    /// When this worker, asleep, will wake by itself (NEVER = not before
+    /// being woken; 0 = not asleep).
+    pub parked_until: AtomicU64,
+    /// Actors this worker spawned / finished (owner-written counters).
+    pub spawned: AtomicU64,
+    pub exited: AtomicU64,
+}
+
+/// State shared by every worker of a runtime and its handles.
+pub(crate) struct Shared {
+    pub settings: Settings,
+    pub stack_class: u8,
+    pub workers: Box<[WorkerShared]>,
+    pub injector: Injector,
+    /// Sleeping workers (their indices).
+    idle: Mutex<Vec<usize>>,
+    num_idle: AtomicUsize,
+    num_searching: AtomicUsize,
+    pub shutdown: AtomicBool,
+    /// Actors spawned from outside the runtime's threads.
+    ext_spawned: AtomicU64,
+    /// Workers that have left their loop, and a condvar to wait for it.
+    exited_workers: Mutex<usize>,
+    exited_cv: Condvar,
+    pub epoch: Instant,
+}
+
+// SAFETY: the raw pointers inside (queues, heaps) are to cells, which are
+// Sync; every field is atomic or behind a lock.
+unsafe impl Sync for Shared {}
+// SAFETY: as above.
+unsafe impl Send for Shared {}
+
+impl Shared {
+    pub(crate) fn new(settings: Settings) -> std::io::Result<Arc<Shared>> {
+        let stack_class = stack::class_for(settings.stack_size)?;
+        let workers = (0..settings.threads)
+            .map(|_| WorkerShared {
+                queue: LocalQueue::new(),
+                parker: Parker::new(),
+                timers: Mutex::new(TimerHeap::new()),
+                next_deadline: NextDeadline::new(),
+                parked_until: AtomicU64::new(0),
+                spawned: AtomicU64::new(0),
+                exited: AtomicU64::new(0),
+            })
+            .collect();
+        Ok(Arc::new(Shared {
+            settings,
+            stack_class,
+            workers,
+            injector: Injector::new(),
+            idle: Mutex::new(Vec::new()),
+            num_idle: AtomicUsize::new(0),
+            num_searching: AtomicUsize::new(0),
+            shutdown: AtomicBool::new(false),
+            ext_spawned: AtomicU64::new(0),
+            exited_workers: Mutex::new(0),
+            exited_cv: Condvar::new(),
+            epoch: Instant::now(),
+        }))
+    }
+
+    /// Nanoseconds since the runtime's epoch.
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// The runtime clock's value for `t` (saturating at 0).
+    pub(crate) fn clock_of(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos().min(NEVER as u128 - 1) as u64
+    }
+
+    /// Actors spawned and not yet finished.
+    pub(crate) fn live(&self) -> u64 {
+        // Exits first: every exit counted here had its spawn counted before,
+        // so the difference never underflows.
+        let exited: u64 = self.workers.iter().map(|w| w.exited.load(Ordering::Acquire)).sum();
+        let spawned: u64 = self.workers.iter().map(|w| w.spawned.load(Ordering::Acquire)).sum::<u64>()
+            + self.ext_spawned.load(Ordering::Acquire);
+        spawned.saturating_sub(exited)
+    }
+
+    /// Wakes one sleeping worker, unless one is already searching for work.
+    #[inline]
+    pub(crate) fn notify_one(&self) {
+        // SeqCst fence: orders our queue push before the loads below; pairs
+        // with the fence a worker issues between joining the idle set and
+        // re-checking the queues (`idle`).
+        fence(Ordering::SeqCst);
+        if self.num_searching.load(Ordering::Relaxed) != 0 || self.num_idle.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        self.wake_one_idle();
+    }
+
+    #[cold]
+    fn wake_one_idle(&self) {
+        let _np = preempt::disable();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = idle.pop() {
+            self.num_idle.store(idle.len(), Ordering::Relaxed);
+            // The woken worker starts out searching (counted for it here).
+            self.num_searching.fetch_add(1, Ordering::SeqCst);
+            drop(idle);
+            self.workers[i].parker.unpark();
+        }
+    }
+
+    /// Wakes every worker (shutdown).
+    pub(crate) fn wake_all(&self) {
+        for w in self.workers.iter() {
+            w.parker.unpark();
+        }
+    }
+
+    /// True if some worker could find something to do.
+    fn has_work(&self, now: u64) -> bool {
+        !self.injector.is_empty()
+            || self.workers.iter().any(|w| !w.queue.is_empty() || w.next_deadline.get() <= now)
+    }
+
+    fn earliest_deadline(&self) -> u64 {
+        self.workers.iter().map(|w| w.next_deadline.get()).min().unwrap_or(NEVER)
+    }
+
+    /// Pushes a runnable actor from a thread that is not one of ours.
+    pub(crate) fn inject(&self, t: Task) {
+        self.injector.push(t);
+        self.notify_one();
     }
 }
-pub(crate) fn current_actor_ref() -> Option<ActorRef> {
-    None
+
+/// A worker's private state. Executed only by the owner thread.
+pub(crate) struct Local {
+    pub shared: *const Shared,
+    pub index: usize,
+    /// The actor running on this thread; null in the scheduler context.
+    pub current: Task,
+    /// Saved stack pointer of the scheduler context.
+    sched_sp: *mut u8,
+    /// The post-switch action for the context that was just left.
+    post: Post,
+    lifo: Task,
+    lifo_streak: u32,
+    tick: u32,
+    rng: u32,
+    searching: bool,
+    /// Actors preempted in the allocator: they stay on this thread.
+    pinned_head: Task,
+    pinned_tail: Task,
+    /// Counters mirrored into `WorkerShared` (owner-written).
+    spawned: u64,
+    exited: u64,
 }
+
+#[derive(Clone, Copy)]
+enum Post {
+    None,
+    Yield(Task),
+    Park(Task),
+    Exit(Task),
+}
+
+thread_local! {
+    static LOCAL: Cell<*mut Local> = const { Cell::new(ptr::null_mut()) };
+    /// The runtime whose `block_on` this thread is in (for `spawn`).
+    static ENTERED: Cell<*const Shared> = const { Cell::new(ptr::null()) };
+}
+
+/// This thread's worker state, if it is a scheduler thread. Re-read after
+/// every switch (never cache it across one).
+#[inline(never)]
+pub(crate) fn local() -> *mut Local {
+    LOCAL.with(|l| l.get())
+}
+
+#[inline]
+fn local_fast() -> *mut Local {
+    LOCAL.with(|l| l.get())
+}
+
+impl Local {
+    #[inline]
+    fn shared(&self) -> &'static Shared {
+        // SAFETY: a worker's Shared outlives its loop and every actor that
+        // runs on it (the thread holds an Arc until it leaves the loop).
+        unsafe { &*self.shared }
+    }
+
+    #[inline]
+    fn me(&self) -> &'static WorkerShared {
+        &self.shared().workers[self.index]
+    }
+
+    fn next_rand(&mut self) -> u32 {
+        // xorshift32
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.rng = x;
+        x
+    }
+
+    /// Makes `t` runnable on this worker. `lifo`: run it next (spawn, wake).
+    #[inline]
+    fn schedule(&mut self, t: Task, lifo: bool) {
+        let sh = self.shared();
+        let pushed = if lifo {
+            let prev = std::mem::replace(&mut self.lifo, t);
+            if prev.is_null() {
+                false
+            } else {
+                self.me().queue.push(prev, &sh.injector);
+                true
+            }
+        } else {
+            self.me().queue.push(t, &sh.injector);
+            true
+        };
+        if pushed && sh.workers.len() > 1 {
+            sh.notify_one();
+        }
+    }
+
+    fn push_pinned(&mut self, t: Task) {
+        // SAFETY: `t` is a live cell owned by this worker while pinned.
+        unsafe { (*t).next.store(ptr::null_mut(), Ordering::Relaxed) };
+        if self.pinned_tail.is_null() {
+            self.pinned_head = t;
+        } else {
+            // SAFETY: as above.
+            unsafe { (*self.pinned_tail).next.store(t as *mut _, Ordering::Relaxed) };
+        }
+        self.pinned_tail = t;
+    }
+
+    fn pop_pinned(&mut self) -> Option<Task> {
+        let t = self.pinned_head;
+        if t.is_null() {
+            return None;
+        }
+        // SAFETY: as in push_pinned.
+        self.pinned_head = unsafe { (*t).next.load(Ordering::Relaxed) };
+        if self.pinned_head.is_null() {
+            self.pinned_tail = ptr::null();
+        }
+        Some(t)
+    }
+
+    /// Picks the next actor to run, or None.
+    fn find_next(&mut self) -> Option<Task> {
+        self.tick = self.tick.wrapping_add(1);
+        let sh = self.shared();
+        if self.tick % GLOBAL_INTERVAL == 0 {
+            self.fire_own_timers();
+            if let Some(t) = sh.injector.pop_batch(INJECT_BATCH, Some((&self.me().queue, &sh.injector))) {
+                if !self.lifo.is_null() {
+                    let l = std::mem::replace(&mut self.lifo, ptr::null());
+                    self.me().queue.push(l, &sh.injector);
+                }
+                return Some(t);
+            }
+        }
+        if !self.lifo.is_null() {
+            if self.lifo_streak < LIFO_MAX {
+                self.lifo_streak += 1;
+                return Some(std::mem::replace(&mut self.lifo, ptr::null()));
+            }
+            let l = std::mem::replace(&mut self.lifo, ptr::null());
+            self.me().queue.push(l, &sh.injector);
+        }
+        self.lifo_streak = 0;
+        if self.tick & 1 == 1 {
+            if let Some(t) = self.pop_pinned() {
+                return Some(t);
+            }
+        }
+        if let Some(t) = self.me().queue.pop() {
+            return Some(t);
+        }
+        if let Some(t) = self.pop_pinned() {
+            return Some(t);
+        }
+        self.find_remote()
+    }
+
+    /// The slow part of `find_next`: injector, timers, stealing.
+    #[cold]
+    fn find_remote(&mut self) -> Option<Task> {
+        let sh = self.shared();
+        if let Some(t) = sh.injector.pop_batch(INJECT_BATCH, Some((&self.me().queue, &sh.injector))) {
+            return Some(t);
+        }
+        if self.fire_own_timers() {
+            if let Some(t) = std::mem::replace(&mut self.lifo, ptr::null()).into_option() {
+                return Some(t);
+            }
+            if let Some(t) = self.me().queue.pop() {
+                return Some(t);
+            }
+        }
+        self.steal()
+    }
+
+    fn steal(&mut self) -> Option<Task> {
+        let n = self.shared().workers.len();
+        if n == 1 {
+            return None;
+        }
+        if !self.searching {
+            // At most half of the workers search at once (as Go and tokio).
+            let sh = self.shared();
+            if 2 * sh.num_searching.load(Ordering::SeqCst) >= n {
+                return None;
+            }
+            sh.num_searching.fetch_add(1, Ordering::SeqCst);
+            self.searching = true;
+        }
+        let start = self.next_rand() as usize % n;
+        for k in 0..n {
+            let i = (start + k) % n;
+            if i == self.index {
+                continue;
+            }
+            let sh = self.shared();
+            if let Some(t) = sh.workers[i].queue.steal_into(&sh.workers[self.index].queue) {
+                return Some(t);
+            }
+        }
+        let sh = self.shared();
+        sh.injector.pop_batch(INJECT_BATCH, Some((&self.me().queue, &sh.injector)))
+    }
+
+    /// Called when this worker found work: it stops searching, and if it was
+    /// the last searcher it wakes another worker so that remaining work is
+    /// not left unattended.
+    #[inline]
+    fn found_work(&mut self) {
+        if self.searching {
+            self.searching = false;
+            let sh = self.shared();
+            if sh.num_searching.fetch_sub(1, Ordering::SeqCst) == 1 {
+                sh.notify_one();
+            }
+        }
+    }
+
+    /// Fires this worker's due timers. True if any fired.
+    fn fire_own_timers(&mut self) -> bool {
+        let sh = self.shared();
+        let w = self.me();
+        if w.next_deadline.get() == NEVER {
+            return false;
+        }
+        let now = sh.now();
+        if w.next_deadline.get() > now {
+            return false;
+        }
+        fire_timers(sh, self.index, now) > 0
+    }
+}
+
+trait IntoOption {
+    fn into_option(self) -> Option<Task>;
+}
+impl IntoOption for Task {
+    fn into_option(self) -> Option<Task> {
+        (!self.is_null()).then_some(self)
+    }
+}
+
+/// Fires the due timers of worker `wi`'s heap: the actors are unparked (onto
+/// the calling thread's queues when it is a worker of this runtime).
+/// Returns how many fired.
+pub(crate) fn fire_timers(sh: &Shared, wi: usize, now: u64) -> usize {
+    let _np = preempt::disable();
+    let w = &sh.workers[wi];
+    let mut fired = Vec::new();
+    {
+        let mut heap = w.timers.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(c) = heap.pop_due(now) {
+            fired.push(c);
+        }
+        w.next_deadline.set(heap.peek());
+    }
+    let n = fired.len();
+    for c in fired {
+        // SAFETY: the heap held a reference on `c`; it is ours now.
+        let r = ActorRef::from_owned(unsafe { &*c });
+        r.unpark_owned();
+    }
+    n
+}
+
+// ---------------------------------------------------------------------------
+// Switching
+// ---------------------------------------------------------------------------
+
+/// Prepares `t` to run on this worker: marks it running and returns the
+/// stack pointer to switch to, or None if it was killed before it ever ran
+/// (then it has been finished here).
+fn prepare(l: &mut Local, t: Task) -> Option<*mut u8> {
+    // SAFETY: a queued cell is live (the actor's own reference).
+    let c = unsafe { &*t };
+    // QUEUED -> RUNNING keeps the flags (QUEUED + 1 == RUNNING).
+    let s = c.state.fetch_add(RUNNING - QUEUED, Ordering::Acquire);
+    debug_assert_eq!(s & ST_MASK, QUEUED);
+    // SAFETY: only the thread switching the actor in touches `sp`.
+    let sp = unsafe { *c.sp.get() };
+    if !sp.is_null() {
+        return Some(sp);
+    }
+    // First run.
+    if s & KILL != 0 {
+        finish_unstarted(l, c, Box::new(crate::actor::Killed));
+        return None;
+    }
+    match stack::alloc(c.stack_class.get()) {
+        Ok(st) => {
+            let top = st.top();
+            // SAFETY: the stack is fresh and ours; top is aligned; the entry
+            // never returns or unwinds.
+            let sp = unsafe { arch::init_stack(top, actor_entry, t as usize) };
+            // SAFETY: the actor is not running yet; we own these fields.
+            unsafe { *c.stack.get() = Some(st) };
+            Some(sp)
+        }
+        Err(e) => {
+            let msg = format!("smarm: could not allocate a stack for actor {}: {e}", c.pid());
+            finish_unstarted(l, c, Box::new(msg));
+            None
+        }
+    }
+}
+
+/// Finishes an actor that never ran: its closure is dropped and its outcome
+/// is `payload` (a panic).
+fn finish_unstarted(l: &mut Local, c: &'static ActorCell, payload: Box<dyn std::any::Any + Send>) {
+    let vt = c.vtable.get();
+    // SAFETY: the actor never ran; we own its payload.
+    unsafe {
+        (vt.drop_closure)(c);
+        *c.panic.get() = Some(payload);
+    }
+    c.outcome.set(cell::OUT_PANIC);
+    crate::actor::report_exit(c);
+    finalize(l, c);
+}
+
+/// Switches away from the current actor, performing `post` afterwards
+/// (through whoever runs next). Runs on the actor's stack.
+#[inline(never)]
+fn switch_away(post_kind: fn(Task) -> Post, want_next: bool) {
+    let lp = local();
+    // SAFETY: in an actor, LOCAL is this worker's live state; no other
+    // reference to it is active during this call.
+    let l = unsafe { &mut *lp };
+    let me = l.current;
+    // SAFETY: `me` is the running actor's live cell.
+    unsafe { (*me).no_preempt.set(preempt::save_count()) };
+    let mut next = None;
+    {
+        // Picking and preparing may allocate: no preemption in here. The
+        // guard ends before the switch (it must not span two threads).
+        let _np = preempt::disable();
+        if want_next {
+            while let Some(t) = l.find_next() {
+                if let Some(sp) = prepare(l, t) {
+                    next = Some((t, sp));
+                    break;
+                }
+            }
+        }
+    }
+    // SAFETY: `me` is the running actor: its `sp` slot is ours to write.
+    let save = unsafe { (*me).sp.get() };
+    l.post = post_kind(me);
+    match next {
+        Some((t, sp)) => {
+            l.found_work();
+            l.current = t;
+            // SAFETY: `sp` is the saved context of `t`, which this thread
+            // now owns (state RUNNING); our own stack stays valid until we
+            // are resumed (the post action makes us resumable only after
+            // the switch).
+            unsafe { arch::switch(save, sp, 0) };
+        }
+        None => {
+            l.current = ptr::null();
+            // SAFETY: the scheduler context is suspended in `run_actor`.
+            unsafe { arch::switch(save, l.sched_sp, 0) };
+        }
+    }
+    finish_switch();
+}
+
+/// Performs the post-switch action left by the previous context. Called
+/// first thing by every context that was just switched to.
+#[inline(never)]
+pub(crate) fn finish_switch() {
+    let lp = local();
+    // SAFETY: we are on a worker thread (only workers switch).
+    let l = unsafe { &mut *lp };
+    let np = preempt::disable();
+    let post = std::mem::replace(&mut l.post, Post::None);
+    match post {
+        Post::None => {}
+        Post::Yield(t) => {
+            // SAFETY: `t` is live (its own reference) and now suspended.
+            let c = unsafe { &*t };
+            c.state.fetch_sub(RUNNING - QUEUED, Ordering::Release);
+            if c.pinned.get() {
+                l.push_pinned(t);
+            } else {
+                l.schedule(t, false);
+            }
+        }
+        Post::Park(t) => {
+            // SAFETY: as above.
+            let c = unsafe { &*t };
+            let mut s = c.state.load(Ordering::Relaxed);
+            loop {
+                let (new, requeue) = if s & NOTIFIED != 0 {
+                    ((s & !NOTIFIED) - RUNNING + QUEUED, true)
+                } else {
+                    (s - RUNNING + PARKED, false)
+                };
+                // Release: the actor's saved context (written by the switch)
+                // is visible to whoever resumes it after seeing PARKED.
+                match c.state.compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Relaxed) {
+                    Ok(_) => {
+                        if requeue {
+                            l.schedule(t, false);
+                        }
+                        break;
+                    }
+                    Err(x) => s = x,
+                }
+            }
+        }
+        Post::Exit(t) => {
+            // SAFETY: as above; the actor will never run again.
+            let c = unsafe { &*t };
+            // SAFETY: the actor's stack is no longer in use.
+            if let Some(st) = unsafe { (*c.stack.get()).take() } {
+                stack::free(st);
+            }
+            finalize(l, c);
+        }
+    }
+    drop(np);
+    if l.current.is_null() {
+        preempt::leave_actor();
+    } else {
+        // SAFETY: the current actor's cell is live while it runs.
+        preempt::enter_actor(unsafe { (*l.current).no_preempt.get() });
+    }
+}
+
+/// Marks a finished actor DONE, wakes its joiner and drops its own reference.
+fn finalize(l: &mut Local, c: &'static ActorCell) {
+    let mut s = c.state.load(Ordering::Relaxed);
+    loop {
+        let new = (s & !ST_MASK) | DONE;
+        // Release: the outcome is visible to a joiner that sees DONE.
+        match c.state.compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => break,
+            Err(x) => s = x,
+        }
+    }
+    if s & JOIN_WAITING != 0 {
+        // SAFETY: the joiner wrote `joiner` before setting JOIN_WAITING
+        // (Release; our AcqRel CAS read it) and never touches it again.
+        if let Some(j) = unsafe { (*c.joiner.get()).take() } {
+            j.unpark_owned();
+        }
+    }
+    l.exited += 1;
+    l.me().exited.store(l.exited, Ordering::Release);
+    // SAFETY: the actor's own reference.
+    unsafe { c.release() };
+}
+
+/// Entry of every actor (called by the trampoline on its fresh stack).
+unsafe extern "C" fn actor_entry(arg: usize) -> ! {
+    finish_switch();
+    // SAFETY: `arg` is the cell pointer given to init_stack; the actor's own
+    // reference keeps it live.
+    let c: &'static ActorCell = unsafe { &*(arg as *const ActorCell) };
+    let vt = c.vtable.get();
+    // SAFETY: the payload holds the closure (outcome NONE).
+    let r = unsafe { (vt.run)(c) };
+    match r {
+        Ok(()) => c.outcome.set(cell::OUT_VALUE),
+        Err(p) => {
+            // SAFETY: only the actor touches its outcome before DONE.
+            unsafe { *c.panic.get() = Some(p) };
+            c.outcome.set(cell::OUT_PANIC);
+        }
+    }
+    {
+        let _np = preempt::disable();
+        crate::actor::report_exit(c);
+    }
+    switch_away(Post::Exit, true);
+    unreachable!("a finished actor was resumed");
+}
+
+/// Runs `t` from the scheduler context until control comes back to it.
+fn run_actor(lp: *mut Local, t: Task) {
+    // SAFETY: lp is this worker's state; no other reference is live.
+    let l = unsafe { &mut *lp };
+    let Some(sp) = prepare(l, t) else { return };
+    l.found_work();
+    l.current = t;
+    let save: *mut *mut u8 = &mut l.sched_sp;
+    // SAFETY: `sp` is `t`'s saved context, now owned by this thread.
+    unsafe { arch::switch(save, sp, 0) };
+    finish_switch();
+}
+
+// ---------------------------------------------------------------------------
+// The worker loop
+// ---------------------------------------------------------------------------
+
+pub(crate) fn worker_main(shared: Arc<Shared>, index: usize) {
+    let sh: &Shared = &shared;
+    let mut local = Box::new(Local {
+        shared: sh,
+        index,
+        current: ptr::null(),
+        sched_sp: ptr::null_mut(),
+        post: Post::None,
+        lifo: ptr::null(),
+        lifo_streak: 0,
+        tick: 0,
+        rng: 0x9E37_79B9 ^ (index as u32 + 1).wrapping_mul(0x85EB_CA6B),
+        searching: false,
+        pinned_head: ptr::null(),
+        pinned_tail: ptr::null(),
+        spawned: 0,
+        exited: 0,
+    });
+    let lp: *mut Local = &mut *local;
+    LOCAL.with(|l| l.set(lp));
+    preempt::worker_started(sh.settings.alloc_interval, sh.settings.timeslice_cycles);
+    crate::overflow::install_for_thread();
+    loop {
+        // SAFETY: lp is live for the whole loop; no other reference is held
+        // across this statement.
+        let next = unsafe { (*lp).find_next() };
+        if let Some(t) = next {
+            run_actor(lp, t);
+            continue;
+        }
+        if sh.shutdown.load(Ordering::Acquire) && sh.live() == 0 {
+            break;
+        }
+        idle(lp);
+    }
+    LOCAL.with(|l| l.set(ptr::null_mut()));
+    drop(local);
+    let mut n = sh.exited_workers.lock().unwrap_or_else(|e| e.into_inner());
+    *n += 1;
+    sh.exited_cv.notify_all();
+    drop(n);
+    // Let the others see that the runtime is empty, too.
+    sh.wake_all();
+}
+
+/// Sleeps until there may be work. Runs on the worker's own stack.
+fn idle(lp: *mut Local) {
+    // SAFETY: lp is this worker's state, no other reference is live.
+    let l = unsafe { &mut *lp };
+    let sh = l.shared();
+    let me = l.index;
+    if l.searching {
+        l.searching = false;
+        sh.num_searching.fetch_sub(1, Ordering::SeqCst);
+    }
+    {
+        let mut idle = sh.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.push(me);
+        sh.num_idle.store(idle.len(), Ordering::Relaxed);
+    }
+    // Pairs with the fence in `notify_one`: either the pusher sees us idle,
+    // or we see its push below.
+    fence(Ordering::SeqCst);
+    let now = sh.now();
+    let shutting = sh.shutdown.load(Ordering::Acquire);
+    if !(sh.has_work(now) || shutting && sh.live() == 0) {
+        let deadline = sh.earliest_deadline();
+        let mut timeout = (deadline != NEVER).then(|| Duration::from_nanos(deadline.saturating_sub(now)));
+        let trim = timeout.is_none_or(|t| t > TRIM_AFTER);
+        if trim {
+            timeout = Some(TRIM_AFTER);
+        }
+        let until = deadline.min(now.saturating_add(TRIM_AFTER.as_nanos() as u64)).max(1);
+        sh.workers[me].parked_until.store(until, Ordering::SeqCst);
+        sh.workers[me].parker.park(timeout);
+        sh.workers[me].parked_until.store(0, Ordering::Relaxed);
+        if trim && !sh.has_work(sh.now()) {
+            stack::trim();
+        }
+    }
+    let mut idle = sh.idle.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(pos) = idle.iter().position(|&i| i == me) {
+        idle.swap_remove(pos);
+        sh.num_idle.store(idle.len(), Ordering::Relaxed);
+    } else {
+        // A notifier took us out of the set and counted us as searching.
+        l.searching = true;
+    }
+    drop(idle);
+    // Fire every worker's due timers: a busy worker's timers must not wait
+    // for its long-running actor.
+    let now = sh.now();
+    for i in 0..sh.workers.len() {
+        if sh.workers[i].next_deadline.get() <= now {
+            fire_timers(sh, i, now);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Entry points used by the rest of the crate
+// ---------------------------------------------------------------------------
+
+/// True when the caller runs inside an actor.
+#[inline]
 pub(crate) fn in_actor() -> bool {
-    false
+    let l = local_fast();
+    // SAFETY: a non-null LOCAL is this thread's live worker state.
+    !l.is_null() && unsafe { !(*l).current.is_null() }
 }
-pub(crate) fn park_actor(_deadline: Option<Instant>) {
-    unreachable!()
+
+/// The running actor's cell, if any.
+#[inline]
+pub(crate) fn current_cell() -> Option<&'static ActorCell> {
+    let l = local_fast();
+    if l.is_null() {
+        return None;
+    }
+    // SAFETY: as in in_actor; the current actor's cell is live while it runs.
+    unsafe { (*l).current.as_ref() }
+}
+
+/// A waker for the running actor.
+#[inline]
+pub(crate) fn current_actor_ref() -> Option<ActorRef> {
+    current_cell().map(|c| {
+        c.retain();
+        ActorRef::from_owned(c)
+    })
+}
+
+/// The runtime that `spawn` should use from here.
+pub(crate) fn current_shared() -> Option<*const Shared> {
+    let l = local_fast();
+    if !l.is_null() {
+        // SAFETY: as in in_actor.
+        return Some(unsafe { (*l).shared });
+    }
+    let e = ENTERED.with(|e| e.get());
+    (!e.is_null()).then_some(e)
+}
+
+/// Marks this thread as being inside `block_on` of `sh` until the guard drops.
+pub(crate) fn enter(sh: *const Shared) -> impl Drop {
+    struct Guard(*const Shared);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            ENTERED.with(|e| e.set(self.0));
+        }
+    }
+    Guard(ENTERED.with(|e| e.replace(sh)))
+}
+
+/// Publishes a freshly spawned actor (state QUEUED, refs set) on `sh`.
+pub(crate) fn schedule_new(sh: &Shared, c: &'static ActorCell) {
+    let l = local_fast();
+    // SAFETY: a non-null LOCAL is this thread's live worker state; no other
+    // reference to it is active here (we are not inside a switch).
+    if !l.is_null() && ptr::eq(unsafe { (*l).shared }, sh) {
+        let l = unsafe { &mut *l };
+        l.spawned += 1;
+        l.me().spawned.store(l.spawned, Ordering::Release);
+        l.schedule(c, true);
+    } else {
+        sh.ext_spawned.fetch_add(1, Ordering::AcqRel);
+        sh.inject(c);
+    }
+}
+
+/// Wakes a parked actor, or leaves its token set (see cell.rs).
+pub(crate) fn unpark_cell(c: &ActorCell) {
+    let mut s = c.state.load(Ordering::Acquire);
+    loop {
+        if s & NOTIFIED != 0 {
+            return;
+        }
+        let (new, wake) = match s & ST_MASK {
+            PARKED => (s - PARKED + QUEUED, true),
+            RUNNING | QUEUED => (s | NOTIFIED, false),
+            _ => return,
+        };
+        match c.state.compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                if wake {
+                    // SAFETY: a PARKED actor's cell is live (own reference)
+                    // and its runtime outlives it.
+                    let sh = unsafe { &*c.runtime.get() };
+                    wake_queued(sh, c);
+                }
+                return;
+            }
+            Err(x) => s = x,
+        }
+    }
+}
+
+fn wake_queued(sh: &Shared, c: &ActorCell) {
+    let l = local_fast();
+    // SAFETY: see schedule_new.
+    if !l.is_null() && ptr::eq(unsafe { (*l).shared }, sh) {
+        unsafe { (*l).schedule(c, true) };
+    } else {
+        sh.inject(c);
+    }
+}
+
+/// Requests that `c` be unwound with `Killed` at its next suspension point.
+pub(crate) fn kill_cell(c: &ActorCell) {
+    c.state.fetch_or(KILL, Ordering::AcqRel);
+    unpark_cell(c);
+}
+
+/// Unwinds the running actor with `Killed` if it has been killed (once).
+#[inline]
+fn check_kill(c: &ActorCell) {
+    if c.state.load(Ordering::Acquire) & KILL != 0 && !c.kill_delivered.get() && !std::thread::panicking() {
+        c.kill_delivered.set(true);
+        std::panic::resume_unwind(Box::new(crate::actor::Killed));
+    }
+}
+
+/// Parks the running actor (see park.rs), with an optional deadline.
+pub(crate) fn park_actor(deadline: Option<Instant>) {
+    let c = current_cell().expect("park_actor outside an actor");
+    c.pinned.set(false);
+    // Fast path: the token is already there.
+    let s = c.state.load(Ordering::Acquire);
+    if s & NOTIFIED != 0 {
+        c.state.fetch_and(!NOTIFIED, Ordering::AcqRel);
+        check_kill(c);
+        return;
+    }
+    check_kill(c);
+    let armed = match deadline {
+        Some(d) => {
+            // SAFETY: the running actor's runtime is live.
+            let sh = unsafe { &*c.runtime.get() };
+            let at = sh.clock_of(d);
+            if at <= sh.now() {
+                return;
+            }
+            arm_timer(sh, c, at);
+            true
+        }
+        None => false,
+    };
+    switch_away(Post::Park, true);
+    let c = current_cell().expect("resumed in an actor");
+    if armed {
+        cancel_timer(c);
+    }
+    check_kill(c);
+}
+
+/// Voluntary yield of the running actor.
+pub(crate) fn yield_actor() {
+    let c = current_cell().expect("yield outside an actor");
+    c.pinned.set(false);
+    switch_away(Post::Yield, true);
+    let c = current_cell().expect("resumed in an actor");
+    check_kill(c);
+}
+
+/// Involuntary yield (timeslice expired at a preemption point): the actor
+/// stays on this thread until its next voluntary suspension.
+pub(crate) fn preempt_actor() {
+    let c = current_cell().expect("preempt outside an actor");
+    c.pinned.set(true);
+    switch_away(Post::Yield, true);
+}
+
+fn arm_timer(sh: &Shared, c: &'static ActorCell, at: u64) {
+    let _np = preempt::disable();
+    let l = local_fast();
+    // SAFETY: we run in an actor, so LOCAL is this worker's live state.
+    let wi = unsafe { (*l).index };
+    let w = &sh.workers[wi];
+    c.retain(); // the heap's reference
+    let root = {
+        let mut heap = w.timers.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: timer fields are guarded by the heap lock, held.
+        unsafe {
+            let slot = &mut *c.timer.get();
+            slot.deadline = at;
+            slot.owner = wi + 1;
+        }
+        heap.push(c);
+        let root = heap.peek();
+        w.next_deadline.set(root);
+        root
+    };
+    // A sleeping worker may have computed its wake-up before this deadline
+    // existed: wake one whose sleep would outlast it.
+    if root == at && sh.num_idle.load(Ordering::SeqCst) != 0 {
+        for (i, o) in sh.workers.iter().enumerate() {
+            let until = o.parked_until.load(Ordering::SeqCst);
+            if i != wi && until != 0 && until > at {
+                o.parker.unpark();
+                break;
+            }
+        }
+    }
+}
+
+fn cancel_timer(c: &'static ActorCell) {
+    let _np = preempt::disable();
+    // SAFETY: the running actor's runtime is live.
+    let sh = unsafe { &*c.runtime.get() };
+    // `owner` only goes from a worker to 0 under that worker's heap lock, so
+    // a stale read is re-checked under the lock.
+    // SAFETY: a racy read of a word, validated below under the lock.
+    let owner = unsafe { std::ptr::read_volatile(&(*c.timer.get()).owner) };
+    if owner == 0 {
+        return;
+    }
+    let w = &sh.workers[owner - 1];
+    let removed = {
+        let mut heap = w.timers.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: guarded by the heap lock, held.
+        let slot = unsafe { &*c.timer.get() };
+        if slot.owner == owner {
+            let pos = slot.pos;
+            let r = heap.remove(pos);
+            w.next_deadline.set(heap.peek());
+            Some(r)
+        } else {
+            None
+        }
+    };
+    if let Some(r) = removed {
+        // SAFETY: the heap's reference is ours now.
+        unsafe { (*r).release() };
+    }
+}
+
+/// The scheduler context's stack pointer of this worker (for running the
+/// panic hook on the worker's own stack), if the caller is in an actor.
+pub(crate) fn sched_stack_top() -> Option<*mut u8> {
+    let l = local_fast();
+    // SAFETY: as in in_actor.
+    if l.is_null() || unsafe { (*l).current.is_null() } {
+        return None;
+    }
+    // SAFETY: as above; the scheduler context is suspended while an actor runs.
+    Some(unsafe { (*l).sched_sp })
+}
+
+// ---------------------------------------------------------------------------
+// Shutdown
+// ---------------------------------------------------------------------------
+
+/// Kills every actor of `sh` and waits for the workers to leave. Returns the
+/// pids of actors that never reached a suspension point (their threads are
+/// abandoned).
+pub(crate) fn shutdown(sh: &Arc<Shared>, threads: Vec<std::thread::JoinHandle<()>>, grace: Duration) -> Vec<crate::Pid> {
+    sh.shutdown.store(true, Ordering::SeqCst);
+    let me = Arc::as_ptr(sh);
+    cell::for_each_live(|c| {
+        if ptr::eq(c.runtime.get(), me) && c.state.load(Ordering::Acquire) & ST_MASK != DONE {
+            kill_cell(c);
+        }
+    });
+    sh.wake_all();
+    let n = threads.len();
+    let mut last_live = u64::MAX;
+    let mut last_progress = Instant::now();
+    let mut exited = sh.exited_workers.lock().unwrap_or_else(|e| e.into_inner());
+    while *exited < n {
+        let (g, _) = sh.exited_cv.wait_timeout(exited, Duration::from_millis(20)).unwrap_or_else(|e| e.into_inner());
+        exited = g;
+        let live = sh.live();
+        if live < last_live {
+            last_live = live;
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > grace {
+            break;
+        }
+        sh.wake_all();
+    }
+    let all_exited = *exited == n;
+    drop(exited);
+    if all_exited {
+        for t in threads {
+            let _ = t.join();
+        }
+        // Timers still armed (none normally) hold references: give them back.
+        for w in sh.workers.iter() {
+            let entries = w.timers.lock().unwrap_or_else(|e| e.into_inner()).drain();
+            for c in entries {
+                // SAFETY: the heap's reference.
+                unsafe { (*c).release() };
+            }
+        }
+        return Vec::new();
+    }
+    let mut stuck = Vec::new();
+    cell::for_each_live(|c| {
+        if ptr::eq(c.runtime.get(), me) && c.state.load(Ordering::Acquire) & ST_MASK == RUNNING {
+            stuck.push(c.pid());
+        }
+    });
+    // The abandoned threads keep `sh` alive through their own Arc.
+    stuck
 }

@@ -1,1 +1,455 @@
-//! Channels (being written).
+//! Multi-producer multi-consumer channels whose blocking operations park
+//! the calling actor (or block the calling plain thread).
+//!
+//! Three flavours sit behind one [`Sender`] / [`Receiver`] pair:
+//!
+//! | constructor | flavour | file |
+//! | --- | --- | --- |
+//! | [`channel`] | unbounded, linked blocks of slots | `list.rs` |
+//! | [`bounded`]`(n)`, `n > 0` | Vyukov's bounded ring | `array.rs` |
+//! | [`bounded`]`(0)` | rendezvous with waiter hand-off | `zero.rs` |
+//!
+//! Blocking uses [`crate::park`] only, through the waiter lists of
+//! `waiters.rs`. [`oneshot`] is a separate single-use channel, and
+//! [`select!`](crate::select) waits on several receivers at once.
+//!
+//! ```
+//! let (tx, rx) = smarm::bounded(4);
+//! let t = std::thread::spawn(move || {
+//!     for i in 0..10 {
+//!         tx.send(i).unwrap();
+//!     }
+//! });
+//! let got: Vec<i32> = rx.iter().collect();
+//! assert_eq!(got, (0..10).collect::<Vec<_>>());
+//! t.join().unwrap();
+//! ```
+
+mod array;
+mod error;
+mod list;
+pub mod oneshot;
+mod select;
+mod waiters;
+mod zero;
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use error::{
+    RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+};
+#[doc(hidden)]
+pub use select::{__SelectHandle, __Selector, __Timeout, __handle, __recv_ref, __try_arm};
+
+/// Aligns its content to 128 bytes (two cache lines: the adjacent-line
+/// prefetcher of x86-64 pulls pairs), so head and tail never share a line.
+#[repr(align(128))]
+pub(crate) struct CachePadded<T>(pub(crate) T);
+
+impl<T> Deref for CachePadded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> std::ops::DerefMut for CachePadded<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
+
+enum Flavor<T> {
+    Array(array::Channel<T>),
+    List(list::Channel<T>),
+    Zero(zero::Channel<T>),
+}
+
+/// The allocation shared by every handle of one channel.
+struct Shared<T> {
+    senders: AtomicUsize,
+    receivers: AtomicUsize,
+    flavor: Flavor<T>,
+}
+
+impl<T> Shared<T> {
+    fn disconnect(&self) {
+        match &self.flavor {
+            Flavor::Array(c) => c.disconnect(),
+            Flavor::List(c) => c.disconnect(),
+            Flavor::Zero(c) => c.disconnect(),
+        }
+    }
+}
+
+/// Creates an unbounded channel: `send` never blocks.
+///
+/// Memory is allocated one block of 31 messages at a time.
+pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
+    make(Flavor::List(list::Channel::new()))
+}
+
+/// Creates a channel holding at most `cap` messages: `send` blocks while it
+/// is full. With `cap == 0` every `send` waits until a receiver takes the
+/// value (a rendezvous).
+///
+/// A bounded channel allocates once, at creation.
+pub fn bounded<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
+    if cap == 0 {
+        make(Flavor::Zero(zero::Channel::new()))
+    } else {
+        make(Flavor::Array(array::Channel::new(cap)))
+    }
+}
+
+fn make<T>(flavor: Flavor<T>) -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Shared {
+        senders: AtomicUsize::new(1),
+        receivers: AtomicUsize::new(1),
+        flavor,
+    });
+    (
+        Sender {
+            shared: shared.clone(),
+        },
+        Receiver { shared },
+    )
+}
+
+fn deadline_after(d: Duration) -> Option<Instant> {
+    // A timeout too large to represent means "no deadline".
+    Instant::now().checked_add(d)
+}
+
+/// The sending half of a channel. Clone it for more producers.
+pub struct Sender<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// The receiving half of a channel. Clone it for more consumers; each
+/// message goes to exactly one of them.
+pub struct Receiver<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Sender<T> {
+    /// Sends `v`, waiting while a bounded channel is full (and, for a
+    /// zero-capacity channel, until a receiver has taken it).
+    ///
+    /// # Errors
+    /// [`SendError`] holding `v` when every receiver is gone.
+    pub fn send(&self, v: T) -> Result<(), SendError<T>> {
+        match &self.shared.flavor {
+            Flavor::List(c) => c.send(v).map_err(SendError),
+            Flavor::Array(c) => c.send(v, None).map_err(|e| SendError(e.into_inner())),
+            Flavor::Zero(c) => c.send(v, None).map_err(|e| SendError(e.into_inner())),
+        }
+    }
+
+    /// Sends `v` if that is possible without waiting.
+    ///
+    /// # Errors
+    /// [`TrySendError::Full`] when a bounded channel is full (for capacity
+    /// 0: when no receiver is blocked in `recv`), and
+    /// [`TrySendError::Disconnected`] when every receiver is gone; both hold
+    /// `v`.
+    pub fn try_send(&self, v: T) -> Result<(), TrySendError<T>> {
+        match &self.shared.flavor {
+            Flavor::List(c) => c.send(v).map_err(TrySendError::Disconnected),
+            Flavor::Array(c) => c.try_send(v),
+            Flavor::Zero(c) => c.try_send(v),
+        }
+    }
+
+    /// Like [`send`](Self::send), giving up after `d`.
+    ///
+    /// # Errors
+    /// [`SendTimeoutError::Timeout`] when `d` elapsed first and
+    /// [`SendTimeoutError::Disconnected`] when every receiver is gone; both
+    /// hold `v`.
+    pub fn send_timeout(&self, v: T, d: Duration) -> Result<(), SendTimeoutError<T>> {
+        let deadline = deadline_after(d);
+        match &self.shared.flavor {
+            Flavor::List(c) => c.send(v).map_err(SendTimeoutError::Disconnected),
+            Flavor::Array(c) => c.send(v, deadline),
+            Flavor::Zero(c) => c.send(v, deadline),
+        }
+    }
+
+    /// Number of queued messages (always 0 for capacity 0).
+    pub fn len(&self) -> usize {
+        self.shared.len()
+    }
+
+    /// True when no message is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The capacity: `None` for an unbounded channel.
+    pub fn capacity(&self) -> Option<usize> {
+        self.shared.capacity()
+    }
+
+    /// True when every receiver is gone.
+    pub fn is_disconnected(&self) -> bool {
+        self.shared.is_disconnected()
+    }
+
+    /// True when both handles belong to the same channel.
+    pub fn same_channel(&self, other: &Sender<T>) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl<T> Shared<T> {
+    fn len(&self) -> usize {
+        match &self.flavor {
+            Flavor::List(c) => c.len(),
+            Flavor::Array(c) => c.len(),
+            Flavor::Zero(_) => 0,
+        }
+    }
+
+    fn capacity(&self) -> Option<usize> {
+        match &self.flavor {
+            Flavor::List(_) => None,
+            Flavor::Array(c) => Some(c.capacity()),
+            Flavor::Zero(_) => Some(0),
+        }
+    }
+
+    fn is_disconnected(&self) -> bool {
+        match &self.flavor {
+            Flavor::List(c) => c.is_disconnected(),
+            Flavor::Array(c) => c.is_disconnected(),
+            Flavor::Zero(c) => c.is_disconnected(),
+        }
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Receives a message, waiting while the channel is empty. Messages
+    /// queued before the last sender left are still delivered.
+    ///
+    /// # Errors
+    /// [`RecvError`] when the channel is empty and every sender is gone.
+    pub fn recv(&self) -> Result<T, RecvError> {
+        self.recv_deadline(None).map_err(|_| RecvError)
+    }
+
+    /// Receives a message if one is queued.
+    ///
+    /// # Errors
+    /// [`TryRecvError::Empty`] when nothing is queued, and
+    /// [`TryRecvError::Disconnected`] when also every sender is gone.
+    pub fn try_recv(&self) -> Result<T, TryRecvError> {
+        match &self.shared.flavor {
+            Flavor::List(c) => c.try_recv(),
+            Flavor::Array(c) => c.try_recv(),
+            Flavor::Zero(c) => c.try_recv(),
+        }
+    }
+
+    /// Like [`recv`](Self::recv), giving up after `d`.
+    ///
+    /// # Errors
+    /// [`RecvTimeoutError::Timeout`] when `d` elapsed first and
+    /// [`RecvTimeoutError::Disconnected`] when the channel is empty and
+    /// every sender is gone.
+    pub fn recv_timeout(&self, d: Duration) -> Result<T, RecvTimeoutError> {
+        self.recv_deadline(deadline_after(d))
+    }
+
+    fn recv_deadline(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
+        match &self.shared.flavor {
+            Flavor::List(c) => c.recv(deadline),
+            Flavor::Array(c) => c.recv(deadline),
+            Flavor::Zero(c) => c.recv(deadline),
+        }
+    }
+
+    /// Waits for at least one message, then moves it and up to `max - 1`
+    /// more that are already queued into `buf`, without waiting again.
+    /// Returns how many were appended. On a bounded channel the run of
+    /// queued messages is claimed with one atomic operation and blocked
+    /// senders are woken once per call, which makes this the fast way to
+    /// drain a busy channel.
+    ///
+    /// Returns `Ok(0)` at once when `max == 0`.
+    ///
+    /// # Errors
+    /// [`RecvError`] when the channel is empty and every sender is gone.
+    pub fn recv_many(&self, buf: &mut Vec<T>, max: usize) -> Result<usize, RecvError> {
+        if max == 0 {
+            return Ok(0);
+        }
+        let n = self.try_batch(buf, max);
+        if n > 0 {
+            return Ok(n);
+        }
+        let first = self.recv()?;
+        buf.push(first);
+        Ok(1 + self.try_batch(buf, max - 1))
+    }
+
+    fn try_batch(&self, buf: &mut Vec<T>, max: usize) -> usize {
+        if max == 0 {
+            return 0;
+        }
+        match &self.shared.flavor {
+            Flavor::List(c) => c.recv_batch(buf, max),
+            Flavor::Array(c) => c.recv_batch(buf, max),
+            Flavor::Zero(c) => c.recv_batch(buf, max),
+        }
+    }
+
+    /// A blocking iterator: yields messages until the channel is empty and
+    /// every sender is gone.
+    pub fn iter(&self) -> Iter<'_, T> {
+        Iter { rx: self }
+    }
+
+    /// A non-blocking iterator over the messages queued right now.
+    pub fn try_iter(&self) -> TryIter<'_, T> {
+        TryIter { rx: self }
+    }
+
+    /// Number of queued messages (always 0 for capacity 0).
+    pub fn len(&self) -> usize {
+        self.shared.len()
+    }
+
+    /// True when no message is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The capacity: `None` for an unbounded channel.
+    pub fn capacity(&self) -> Option<usize> {
+        self.shared.capacity()
+    }
+
+    /// True when every sender is gone (messages may still be queued).
+    pub fn is_disconnected(&self) -> bool {
+        self.shared.is_disconnected()
+    }
+
+    /// True when both handles belong to the same channel.
+    pub fn same_channel(&self, other: &Receiver<T>) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        // Relaxed: a new handle is made from a live one, so the count is
+        // already non-zero; nothing is published by the increment.
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        Sender {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        // AcqRel: the last sender's decrement acquires every other
+        // sender's (Release) decrement, so all their sends happen before
+        // `disconnect`'s SeqCst store, which receivers pair with.
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.disconnect();
+        }
+    }
+}
+
+impl<T> Clone for Receiver<T> {
+    fn clone(&self) -> Self {
+        // Relaxed: as for Sender.
+        self.shared.receivers.fetch_add(1, Ordering::Relaxed);
+        Receiver {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        // AcqRel: as for Sender. Queued values are dropped with the shared
+        // allocation, when the last handle of either kind is gone.
+        if self.shared.receivers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.disconnect();
+        }
+    }
+}
+
+impl<T> fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad("Sender { .. }")
+    }
+}
+
+impl<T> fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad("Receiver { .. }")
+    }
+}
+
+/// Blocking iterator returned by [`Receiver::iter`].
+#[derive(Debug)]
+pub struct Iter<'a, T> {
+    rx: &'a Receiver<T>,
+}
+
+impl<T> Iterator for Iter<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.rx.recv().ok()
+    }
+}
+
+/// Non-blocking iterator returned by [`Receiver::try_iter`].
+#[derive(Debug)]
+pub struct TryIter<'a, T> {
+    rx: &'a Receiver<T>,
+}
+
+impl<T> Iterator for TryIter<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// Owning blocking iterator returned by `Receiver::into_iter`.
+#[derive(Debug)]
+pub struct IntoIter<T> {
+    rx: Receiver<T>,
+}
+
+impl<T> Iterator for IntoIter<T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.rx.recv().ok()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Receiver<T> {
+    type Item = T;
+    type IntoIter = Iter<'a, T>;
+    fn into_iter(self) -> Iter<'a, T> {
+        self.iter()
+    }
+}
+
+impl<T> IntoIterator for Receiver<T> {
+    type Item = T;
+    type IntoIter = IntoIter<T>;
+    fn into_iter(self) -> IntoIter<T> {
+        IntoIter { rx: self }
+    }
+}

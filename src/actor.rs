@@ -1,0 +1,487 @@
+//! Actors: spawning, joining, killing, and their identities.
+
+use std::any::Any;
+use std::fmt;
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+use std::sync::atomic::Ordering;
+
+use crate::cell::{self, ActorCell, BodyVTable, DONE, JOIN_WAITING, OUT_PANIC, OUT_TAKEN, OUT_VALUE, QUEUED, ST_MASK};
+use crate::channel::Sender;
+use crate::park;
+use crate::scheduler::{self, Shared};
+use crate::stack;
+
+/// An actor's identity: unique among live actors of the process, never
+/// reused while a handle that names it could still mistake a new actor for
+/// it (a slot index plus a generation).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pid(u64);
+
+impl Pid {
+    pub(crate) fn from_raw(raw: u64) -> Pid {
+        Pid(raw)
+    }
+    pub(crate) fn raw(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Debug for Pid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pid({self})")
+    }
+}
+
+impl fmt::Display for Pid {
+    /// `<index.generation>`, in the manner of Erlang's `<0.42.0>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{}.{}>", self.0 & 0xFFFF_FFFF, self.0 >> 32)
+    }
+}
+
+/// The unwind payload of an actor ended by [`kill`] or by runtime shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Killed;
+
+impl fmt::Display for Killed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("actor killed")
+    }
+}
+
+impl std::error::Error for Killed {}
+
+/// What a supervisor hears when a child started with [`spawn_under`] ends:
+/// exactly one per child.
+pub enum Signal {
+    /// The actor returned normally.
+    Exit(Pid),
+    /// The actor panicked (payload as `catch_unwind` gives it); a killed
+    /// actor's payload is [`Killed`].
+    Panic(Pid, Box<dyn Any + Send + 'static>),
+}
+
+impl fmt::Debug for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Signal::Exit(p) => write!(f, "Exit({p})"),
+            Signal::Panic(p, payload) => write!(f, "Panic({p}, {})", describe_payload(payload.as_ref())),
+        }
+    }
+}
+
+/// A readable description of a panic payload.
+pub(crate) fn describe_payload(p: &(dyn Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&'static str>() {
+        format!("{s:?}")
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        format!("{s:?}")
+    } else if p.is::<Killed>() {
+        "Killed".to_string()
+    } else {
+        "Box<dyn Any>".to_string()
+    }
+}
+
+/// A copy of a payload for a second receiver (the supervisor takes the
+/// original): messages and `Killed` are copied; anything else is described.
+fn copy_payload(p: &(dyn Any + Send)) -> Box<dyn Any + Send> {
+    if let Some(s) = p.downcast_ref::<&'static str>() {
+        Box::new(*s)
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        Box::new(s.clone())
+    } else if p.is::<Killed>() {
+        Box::new(Killed)
+    } else {
+        Box::new("the actor panicked; its payload was delivered to its supervisor")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Typed bodies
+// ---------------------------------------------------------------------------
+
+struct Body<F, T>(PhantomData<(F, T)>);
+
+impl<F: FnOnce() -> T + Send + 'static, T: Send + 'static> Body<F, T> {
+    const VTABLE: BodyVTable = BodyVTable { run: Self::run, drop_closure: Self::drop_closure, drop_result: Self::drop_result };
+
+    /// Stores `f` in the cell's payload (inline when it fits, else boxed).
+    unsafe fn store(c: &ActorCell, f: F) {
+        let p = c.payload.get().cast::<u8>();
+        if cell::fits_inline::<F>() {
+            // SAFETY: the payload is large and aligned enough for F (checked).
+            unsafe { p.cast::<F>().write(f) };
+        } else {
+            // SAFETY: a pointer fits the payload.
+            unsafe { p.cast::<*mut F>().write(Box::into_raw(Box::new(f))) };
+        }
+    }
+
+    unsafe fn take_closure(c: *const ActorCell) -> F {
+        // SAFETY: the payload holds an F, stored by `store` (caller's contract).
+        unsafe {
+            let p = (*c).payload.get().cast::<u8>();
+            if cell::fits_inline::<F>() {
+                p.cast::<F>().read()
+            } else {
+                *Box::from_raw(p.cast::<*mut F>().read())
+            }
+        }
+    }
+
+    unsafe fn run(c: *const ActorCell) -> Result<(), Box<dyn Any + Send>> {
+        // SAFETY: called once, with the closure in the payload.
+        let f = unsafe { Self::take_closure(c) };
+        let v = catch_unwind(AssertUnwindSafe(f))?;
+        // SAFETY: the payload is free again; write the result in it.
+        unsafe {
+            let p = (*c).payload.get().cast::<u8>();
+            if cell::fits_inline::<T>() {
+                p.cast::<T>().write(v);
+            } else {
+                p.cast::<*mut T>().write(Box::into_raw(Box::new(v)));
+            }
+        }
+        Ok(())
+    }
+
+    unsafe fn drop_closure(c: *const ActorCell) {
+        // SAFETY: the payload holds the closure that never ran.
+        drop(unsafe { Self::take_closure(c) });
+    }
+
+    unsafe fn drop_result(c: *const ActorCell) {
+        // SAFETY: the payload holds an untaken result.
+        drop(unsafe { take_result::<T>(c) });
+    }
+}
+
+unsafe fn take_result<T>(c: *const ActorCell) -> T {
+    // SAFETY: the payload holds a T (caller's contract).
+    unsafe {
+        let p = (*c).payload.get().cast::<u8>();
+        if cell::fits_inline::<T>() {
+            p.cast::<T>().read()
+        } else {
+            *Box::from_raw(p.cast::<*mut T>().read())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Spawning
+// ---------------------------------------------------------------------------
+
+/// Per-actor options: a name (shown in panic messages and diagnostics) and
+/// a stack size (overrides `Config::stack_size`).
+///
+/// ```no_run
+/// let rt = smarm::runtime::init(smarm::runtime::Config::default());
+/// let h = rt.block_on(|| {
+///     smarm::Builder::new().name("worker-3").stack_size(256 * 1024).spawn(|| 40 + 2)
+/// });
+/// assert_eq!(h.join().unwrap(), 42);
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct Builder {
+    name: Option<String>,
+    stack_size: Option<usize>,
+}
+
+impl Builder {
+    /// Default options.
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// Names the actor.
+    pub fn name(mut self, name: impl Into<String>) -> Builder {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Usable stack bytes (rounded up to whole pages; one guard page is
+    /// added below).
+    ///
+    /// # Panics
+    /// `spawn` panics if the size is below 16 KiB or above 1 GiB.
+    pub fn stack_size(mut self, bytes: usize) -> Builder {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// Spawns `f` as an actor with these options (see [`spawn`]).
+    pub fn spawn<F, T>(self, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let sh = runtime_for_spawn();
+        spawn_on(sh, f, self.name, self.stack_size, None)
+    }
+
+    /// Spawns `f` as an actor that reports its end to `supervisor` (see
+    /// [`spawn_under`]).
+    pub fn spawn_under<F, T>(self, supervisor: Sender<Signal>, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let sh = runtime_for_spawn();
+        spawn_on(sh, f, self.name, self.stack_size, Some(supervisor))
+    }
+}
+
+/// Spawns `f` as an actor of the current runtime (the caller's, inside an
+/// actor; the one whose `block_on` this thread is in, outside). Only
+/// enqueues it: the child never runs before `spawn` returns.
+///
+/// # Panics
+/// When called with no runtime (create one with `smarm::runtime::init`).
+pub fn spawn<F, T>(f: F) -> JoinHandle<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    spawn_on(runtime_for_spawn(), f, None, None, None)
+}
+
+/// Like [`spawn`], and when the child ends exactly one [`Signal`] for it is
+/// sent to `supervisor` (a supervisor channel that is gone is not an error).
+pub fn spawn_under<F, T>(supervisor: Sender<Signal>, f: F) -> JoinHandle<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    spawn_on(runtime_for_spawn(), f, None, None, Some(supervisor))
+}
+
+fn runtime_for_spawn() -> &'static Shared {
+    match scheduler::current_shared() {
+        // SAFETY: the current runtime outlives the running actor / block_on.
+        Some(sh) => unsafe { &*sh },
+        None => panic!(
+            "smarm::spawn called outside a runtime: create one with `smarm::runtime::init(Config::default())` \
+             and spawn through `Runtime::spawn` or inside `Runtime::block_on`"
+        ),
+    }
+}
+
+const MIN_STACK: usize = 16 * 1024;
+const MAX_STACK: usize = 1 << 30;
+
+pub(crate) fn spawn_on<F, T>(
+    sh: &Shared,
+    f: F,
+    name: Option<String>,
+    stack_size: Option<usize>,
+    supervisor: Option<Sender<Signal>>,
+) -> JoinHandle<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let class = match stack_size {
+        None => sh.stack_class,
+        Some(s) => {
+            assert!(
+                (MIN_STACK..=MAX_STACK).contains(&s),
+                "smarm: Builder::stack_size({s}) is out of range: use {MIN_STACK} to {MAX_STACK} bytes"
+            );
+            stack::class_for(s).unwrap_or_else(|e| panic!("{e}"))
+        }
+    };
+    let _np = crate::preempt::disable();
+    let c = cell::alloc_cell();
+    c.runtime.set(sh);
+    c.vtable.set(&Body::<F, T>::VTABLE);
+    c.stack_class.set(class);
+    c.outcome.set(cell::OUT_NONE);
+    // SAFETY: the cell is FREE and ours alone until published below.
+    unsafe {
+        Body::<F, T>::store(c, f);
+        *c.name.get() = name.map(String::into_boxed_str);
+        *c.supervisor.get() = supervisor;
+    }
+    c.refs.store(2, Ordering::Relaxed); // the actor's life + the JoinHandle
+    c.state.store(QUEUED, Ordering::Release);
+    let h = JoinHandle { cell: c, _t: PhantomData };
+    if sh.shutdown.load(Ordering::Acquire) {
+        // No new actors start once shutdown began: finish it as killed.
+        c.state.store(QUEUED | cell::KILL, Ordering::Release);
+    }
+    scheduler::schedule_new(sh, c);
+    h
+}
+
+/// Sends the supervisor its Signal (at the end of the actor's life).
+pub(crate) fn report_exit(c: &ActorCell) {
+    // SAFETY: only the finishing context touches `supervisor` now.
+    let Some(sup) = (unsafe { (*c.supervisor.get()).take() }) else { return };
+    let pid = c.pid();
+    let sig = match c.outcome.get() {
+        OUT_PANIC => {
+            // SAFETY: the outcome is ours until DONE is published.
+            let slot = unsafe { &mut *c.panic.get() };
+            let orig = slot.take().expect("panic payload");
+            *slot = Some(copy_payload(orig.as_ref()));
+            Signal::Panic(pid, orig)
+        }
+        _ => Signal::Exit(pid),
+    };
+    let _ = sup.send(sig);
+}
+
+// ---------------------------------------------------------------------------
+// Join handles
+// ---------------------------------------------------------------------------
+
+/// An owned permission to join an actor (wait for its end and take its
+/// result). Dropping it detaches the actor.
+pub struct JoinHandle<T> {
+    cell: &'static ActorCell,
+    _t: PhantomData<fn() -> T>,
+}
+
+// SAFETY: the handle only moves the result (T: Send) across threads.
+unsafe impl<T: Send> Send for JoinHandle<T> {}
+// SAFETY: `&JoinHandle` only exposes pid and is_finished (atomics).
+unsafe impl<T: Send> Sync for JoinHandle<T> {}
+
+impl<T> fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle").field("pid", &self.pid()).field("finished", &self.is_finished()).finish()
+    }
+}
+
+impl<T> JoinHandle<T> {
+    /// The actor's pid.
+    pub fn pid(&self) -> Pid {
+        self.cell.pid()
+    }
+
+    /// True once the actor has finished (returned, panicked or been killed).
+    pub fn is_finished(&self) -> bool {
+        self.cell.state.load(Ordering::Acquire) & ST_MASK == DONE
+    }
+
+    /// Waits for the actor to finish and returns its result, or the payload
+    /// of its panic (as `std::thread::JoinHandle::join`; a killed actor's
+    /// payload is [`Killed`]). Works from actors (the actor parks) and plain
+    /// threads (the thread blocks).
+    ///
+    /// # Errors
+    /// `Err(payload)` when the actor panicked or was killed.
+    pub fn join(self) -> Result<T, Box<dyn Any + Send + 'static>> {
+        let this = ManuallyDrop::new(self);
+        let c = this.cell;
+        // Release the handle's reference however we leave (even by a kill).
+        struct Release(&'static ActorCell);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                // SAFETY: the JoinHandle's reference, released once.
+                unsafe { self.0.release() };
+            }
+        }
+        let _rel = Release(c);
+        if c.state.load(Ordering::Acquire) & ST_MASK != DONE {
+            // SAFETY: JOIN_WAITING is not set yet, so the finishing side does
+            // not read `joiner`; we are its only writer.
+            unsafe { *c.joiner.get() = Some(park::current()) };
+            let s = c.state.fetch_or(JOIN_WAITING, Ordering::AcqRel);
+            if s & ST_MASK != DONE {
+                while c.state.load(Ordering::Acquire) & ST_MASK != DONE {
+                    park::park();
+                }
+            }
+        }
+        // DONE (Acquire): the outcome is published and no one else touches it.
+        match c.outcome.get() {
+            OUT_VALUE => {
+                c.outcome.set(OUT_TAKEN);
+                // SAFETY: the payload holds the T result.
+                Ok(unsafe { take_result::<T>(c) })
+            }
+            OUT_PANIC => {
+                c.outcome.set(OUT_TAKEN);
+                // SAFETY: as above.
+                Err(unsafe { (*c.panic.get()).take() }.expect("panic payload"))
+            }
+            _ => unreachable!("join of an actor without an outcome"),
+        }
+    }
+
+    pub(crate) fn cell(&self) -> &'static ActorCell {
+        self.cell
+    }
+}
+
+impl<T> Drop for JoinHandle<T> {
+    fn drop(&mut self) {
+        // SAFETY: the handle's reference.
+        unsafe { self.cell.release() };
+    }
+}
+
+/// Joins several handles: `smarm::join!(h1, h2)` is `(h1.join(), h2.join())`.
+#[macro_export]
+macro_rules! join {
+    ($($h:expr),+ $(,)?) => {
+        ( $( $crate::JoinHandle::join($h), )+ )
+    };
+}
+
+// ---------------------------------------------------------------------------
+// Free functions
+// ---------------------------------------------------------------------------
+
+/// Lets other actors run; the caller goes to the back of its thread's
+/// queue. On a plain thread, `std::thread::yield_now`.
+#[inline]
+pub fn yield_now() {
+    if scheduler::in_actor() {
+        scheduler::yield_actor();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+/// The running actor's pid; None outside an actor.
+pub fn self_pid() -> Option<Pid> {
+    scheduler::current_cell().map(|c| c.pid())
+}
+
+/// Unwinds the actor `pid` (payload [`Killed`]) at its next suspension
+/// point, so its destructors run. Killing a finished or unknown pid does
+/// nothing. An actor may kill itself: it unwinds at its next suspension.
+pub fn kill(pid: Pid) {
+    if let Some(c) = cell::lookup(pid) {
+        scheduler::kill_cell(c);
+        // SAFETY: the reference taken by lookup.
+        unsafe { c.release() };
+    }
+}
+
+/// Kills the actor behind a handle (no pid lookup).
+pub(crate) fn kill_handle<T>(h: &JoinHandle<T>) {
+    scheduler::kill_cell(h.cell);
+}
+
+/// The name of the running actor, if it has one (for diagnostics).
+pub(crate) fn current_name() -> Option<String> {
+    let c = scheduler::current_cell()?;
+    // SAFETY: the running actor's cell is live; its name is immutable.
+    unsafe { c.name() }.map(str::to_owned)
+}
+
+#[allow(dead_code)]
+fn _assert_types() {
+    fn send_sync<X: Send + Sync>() {}
+    send_sync::<Pid>();
+    send_sync::<JoinHandle<u8>>();
+    let _ = ptr::null::<u8>();
+}

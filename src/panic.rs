@@ -1,0 +1,76 @@
+//! Panics inside actors: naming the actor, and room for the panic hook.
+//!
+//! smarm wraps the panic hook that is installed when the first runtime
+//! starts (std's default one, unless the application set its own). When a
+//! panic starts in an actor, the wrapper
+//! 1. prints a line naming the actor (pid and name) and its thread, then
+//! 2. runs the previous hook on the scheduler thread's own stack (below the
+//!    scheduler context's saved stack pointer, which is idle while the actor
+//!    runs), because symbolising a backtrace (`RUST_BACKTRACE=full`) needs far
+//!    more than an actor's 64 KiB. The switch to that stack is
+//!    `smarm_call_on_stack`, whose CFI lets the backtrace walk back onto the
+//!    actor's stack, so the printed trace still shows the actor's frames.
+//!
+//! Preemption is disabled while the hook runs. An application that installs
+//! its own hook after starting a runtime replaces the wrapper: its hook then
+//! runs on the actor's stack.
+
+use std::panic::PanicHookInfo;
+use std::sync::Once;
+
+type Hook = Box<dyn Fn(&PanicHookInfo<'_>) + Sync + Send + 'static>;
+
+static INSTALL: Once = Once::new();
+
+/// Bytes left free below the scheduler context's saved sp (its red zone and
+/// then some).
+const GAP: usize = 1024;
+
+pub(crate) fn install_hook() {
+    INSTALL.call_once(|| {
+        let prev: &'static Hook = Box::leak(Box::new(std::panic::take_hook()));
+        std::panic::set_hook(Box::new(move |info| hook(prev, info)));
+    });
+}
+
+struct Call<'a, 'b> {
+    prev: &'a Hook,
+    info: &'a PanicHookInfo<'b>,
+}
+
+unsafe extern "C" fn run_prev(arg: *mut u8) {
+    // SAFETY: `arg` is the `Call` built by `hook`, alive during this call.
+    let call = unsafe { &*(arg as *const Call<'_, '_>) };
+    // A panicking hook must not unwind through the assembly.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (call.prev)(call.info)));
+}
+
+fn hook(prev: &'static Hook, info: &PanicHookInfo<'_>) {
+    let Some(c) = crate::scheduler::current_cell() else {
+        return prev(info);
+    };
+    let _np = crate::preempt::disable();
+    let thread = std::thread::current();
+    // SAFETY: the running actor's name is immutable while it runs.
+    let name = unsafe { c.name() };
+    {
+        use std::io::Write;
+        let mut err = std::io::stderr().lock();
+        let _ = match name {
+            Some(n) => writeln!(err, "smarm: actor {} \"{n}\" panicked (on thread '{}'):", c.pid(), thread.name().unwrap_or("?")),
+            None => writeln!(err, "smarm: actor {} panicked (on thread '{}'):", c.pid(), thread.name().unwrap_or("?")),
+        };
+    }
+    match crate::scheduler::sched_stack_top() {
+        Some(sp) => {
+            let top = ((sp as usize - GAP) & !15) as *mut u8;
+            let call = Call { prev, info };
+            // SAFETY: the scheduler context is suspended while its actor
+            // runs, so the stack below its saved sp (minus a gap) is unused;
+            // it is the 8 MiB stack of a scheduler thread. `run_prev` does
+            // not unwind.
+            unsafe { crate::arch::call_on_stack(&call as *const Call<'_, '_> as *mut u8, run_prev, top) };
+        }
+        None => prev(info),
+    }
+}

@@ -1,0 +1,248 @@
+//! Run queues: one bounded local queue per scheduler thread, and one global
+//! injector per runtime.
+//!
+//! # The local queue
+//! A ring of [`LOCAL_CAP`] slots with two counters, in the manner of Go's
+//! per-P `runq` and tokio's local queue:
+//! - `tail` is written only by the owner (push); slots are written only by
+//!   the owner, at `tail`, and only while `tail - head < LOCAL_CAP`;
+//! - `head` is advanced by CAS, by the owner (pop) or by a thief (steal half).
+//!
+//! The owner's push is a plain store and a `Release` store of `tail`: no
+//! read-modify-write, no lock. Its pop is one uncontended CAS on `head`.
+//! A thief reads a batch of slots, then claims them with a CAS of `head`
+//! from the value it read; if the CAS fails it retries, so a slot is handed
+//! out once. The owner cannot overwrite a slot the thief read before the CAS
+//! succeeds: it only writes the slot at `tail`, and only while
+//! `tail - head < LOCAL_CAP`, so never a slot in `[head, tail)` for the
+//! `head` the thief's CAS validates.
+//!
+//! Orderings: the owner's `tail.store(Release)` pairs with the thief's
+//! `tail.load(Acquire)` (the slot contents are visible); successful `head`
+//! CASes are `AcqRel` so the slot reads happen-before the owner may reuse
+//! the slots (the owner's `head.load(Acquire)` in push).
+//!
+//! When the ring is full, the owner moves half of it to the injector in one
+//! locked operation (so a burst of spawns costs one lock per
+//! `LOCAL_CAP / 2` actors).
+//!
+//! # The injector
+//! An intrusive FIFO list of cells (linked through `ActorCell::next`) behind a
+//! mutex, with an atomic length so that empty checks take no lock. Used for
+//! actors spawned or woken from outside the runtime's threads, and overflow.
+
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::cell::ActorCell;
+
+/// Slots per local queue.
+pub(crate) const LOCAL_CAP: usize = 256;
+const MASK: u32 = LOCAL_CAP as u32 - 1;
+
+type Task = *const ActorCell;
+
+/// A scheduler thread's local queue. `push`/`pop` are "executed only by the
+/// owner thread"; `steal_into` by any other thread of the runtime.
+#[repr(align(128))]
+pub(crate) struct LocalQueue {
+    head: AtomicU32,
+    _pad: [u8; 60],
+    tail: AtomicU32,
+    buf: Box<[AtomicPtr<ActorCell>]>,
+}
+
+impl LocalQueue {
+    pub(crate) fn new() -> Self {
+        LocalQueue {
+            head: AtomicU32::new(0),
+            _pad: [0; 60],
+            tail: AtomicU32::new(0),
+            buf: (0..LOCAL_CAP).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
+        }
+    }
+
+    /// Number of queued tasks (approximate when read by a non-owner).
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        let t = self.tail.load(Ordering::Acquire);
+        let h = self.head.load(Ordering::Acquire);
+        t.wrapping_sub(h) as usize
+    }
+
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Pushes at the back. Owner only. On overflow, moves half the queue
+    /// plus `task` to `inj`.
+    #[inline]
+    pub(crate) fn push(&self, task: Task, inj: &Injector) {
+        loop {
+            let h = self.head.load(Ordering::Acquire);
+            let t = self.tail.load(Ordering::Relaxed);
+            if t.wrapping_sub(h) < LOCAL_CAP as u32 {
+                self.buf[(t & MASK) as usize].store(task as *mut _, Ordering::Relaxed);
+                self.tail.store(t.wrapping_add(1), Ordering::Release);
+                return;
+            }
+            if self.overflow(h, t, task, inj) {
+                return;
+            }
+        }
+    }
+
+    #[cold]
+    fn overflow(&self, h: u32, t: u32, task: Task, inj: &Injector) -> bool {
+        let n = (LOCAL_CAP / 2) as u32;
+        debug_assert_eq!(t.wrapping_sub(h), LOCAL_CAP as u32);
+        let batch: Vec<Task> = (0..n).map(|i| self.buf[(h.wrapping_add(i) & MASK) as usize].load(Ordering::Relaxed) as Task).collect();
+        if self.head.compare_exchange(h, h.wrapping_add(n), Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            return false; // a thief made room; retry the push
+        }
+        inj.push_batch(batch.into_iter().chain(std::iter::once(task)));
+        true
+    }
+
+    /// Pops from the front. Owner only.
+    #[inline]
+    pub(crate) fn pop(&self) -> Option<Task> {
+        let mut h = self.head.load(Ordering::Acquire);
+        loop {
+            let t = self.tail.load(Ordering::Relaxed);
+            if h == t {
+                return None;
+            }
+            let task = self.buf[(h & MASK) as usize].load(Ordering::Relaxed);
+            match self.head.compare_exchange_weak(h, h.wrapping_add(1), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(task),
+                Err(x) => h = x,
+            }
+        }
+    }
+
+    /// Steals about half of `self` into `dst` (the caller's own queue, which
+    /// must be empty), returning one stolen task to run at once.
+    pub(crate) fn steal_into(&self, dst: &LocalQueue) -> Option<Task> {
+        let mut h = self.head.load(Ordering::Acquire);
+        loop {
+            let t = self.tail.load(Ordering::Acquire);
+            let avail = t.wrapping_sub(h);
+            if avail == 0 || avail > LOCAL_CAP as u32 {
+                if avail == 0 {
+                    return None;
+                }
+                // Torn read (head moved past our tail read): reload.
+                h = self.head.load(Ordering::Acquire);
+                continue;
+            }
+            let n = avail - avail / 2;
+            let dt = dst.tail.load(Ordering::Relaxed);
+            // Copy into dst's free slots first (dst is ours and empty).
+            for i in 0..n {
+                let v = self.buf[(h.wrapping_add(i) & MASK) as usize].load(Ordering::Relaxed);
+                dst.buf[(dt.wrapping_add(i) & MASK) as usize].store(v, Ordering::Relaxed);
+            }
+            match self.head.compare_exchange(h, h.wrapping_add(n), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    // Keep the last one to run now; publish the rest.
+                    let last = dst.buf[(dt.wrapping_add(n - 1) & MASK) as usize].load(Ordering::Relaxed);
+                    if n > 1 {
+                        dst.tail.store(dt.wrapping_add(n - 1), Ordering::Release);
+                    }
+                    return Some(last);
+                }
+                Err(x) => h = x,
+            }
+        }
+    }
+}
+
+/// The runtime's global queue. Any thread may push or pop.
+pub(crate) struct Injector {
+    len: AtomicUsize,
+    list: Mutex<List>,
+}
+
+struct List {
+    head: Task,
+    tail: Task,
+}
+// SAFETY: the list only links cells, which are Sync; the mutex orders access.
+unsafe impl Send for List {}
+
+impl Injector {
+    pub(crate) fn new() -> Self {
+        Injector { len: AtomicUsize::new(0), list: Mutex::new(List { head: ptr::null(), tail: ptr::null() }) }
+    }
+
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len.load(Ordering::Acquire) == 0
+    }
+
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn push(&self, task: Task) {
+        self.push_batch(std::iter::once(task));
+    }
+
+    pub(crate) fn push_batch(&self, tasks: impl Iterator<Item = Task>) {
+        let _np = crate::preempt::disable();
+        let mut l = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        for task in tasks {
+            // SAFETY: queued cells are live (the queue holds the actor's own
+            // reference); `next` is only touched under this lock while queued.
+            unsafe { (*task).next.store(ptr::null_mut(), Ordering::Relaxed) };
+            if l.tail.is_null() {
+                l.head = task;
+            } else {
+                // SAFETY: as above.
+                unsafe { (*l.tail).next.store(task as *mut _, Ordering::Relaxed) };
+            }
+            l.tail = task;
+            n += 1;
+        }
+        self.len.fetch_add(n, Ordering::Release);
+    }
+
+    /// Pops up to `max` tasks: returns the first and pushes the rest into
+    /// `dst` (the caller's own queue) when given.
+    pub(crate) fn pop_batch(&self, max: usize, dst: Option<(&LocalQueue, &Injector)>) -> Option<Task> {
+        if self.is_empty() {
+            return None;
+        }
+        let _np = crate::preempt::disable();
+        let mut l = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        let first = l.head;
+        if first.is_null() {
+            return None;
+        }
+        let mut taken = 1;
+        // SAFETY: see push_batch.
+        let mut cur = unsafe { (*first).next.load(Ordering::Relaxed) } as Task;
+        if let Some((q, inj)) = dst {
+            // Never overflow `q` (its overflow would re-enter this lock).
+            let max = max.min(LOCAL_CAP - q.len() + 1);
+            while taken < max && !cur.is_null() {
+                // SAFETY: see push_batch.
+                let nx = unsafe { (*cur).next.load(Ordering::Relaxed) } as Task;
+                q.push(cur, inj);
+                cur = nx;
+                taken += 1;
+            }
+        }
+        l.head = cur;
+        if cur.is_null() {
+            l.tail = ptr::null();
+        }
+        self.len.fetch_sub(taken, Ordering::Release);
+        Some(first)
+    }
+}

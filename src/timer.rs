@@ -1,0 +1,171 @@
+//! Timers: one 4-ary min-heap per scheduler thread.
+//!
+//! Every timed wait of an actor (`sleep`, `sleep_until`, `recv_timeout`,
+//! `send_timeout`, `select!` with `default(timeout)`, IO timeouts) is the
+//! same thing: the actor parks with a deadline (`park::park_until`). The
+//! deadline lives *in the actor's cell* ([`TimerSlot`]); the heap of the
+//! scheduler thread that armed it holds a pointer to the cell (and a
+//! reference). Arming is a push and sift-up, cancelling a removal at the
+//! position the cell records: O(log n), no allocation once the heap's
+//! vector has grown, and nothing is left behind by a cancelled timer.
+//!
+//! Why a heap and not a hierarchical wheel: an actor has at most one pending
+//! timer, waits usually end by cancellation (a message came), and the heap
+//! is per thread, so it stays small and in cache; a 4-ary heap (as Go's per-P
+//! timers) halves the depth of a binary one. A wheel would make insert O(1)
+//! but needs cascading and a tick, and its advantage appears only with far
+//! more pending timers per thread than our benches and tests show.
+//!
+//! Each heap is behind its own mutex: the owner thread takes it to arm,
+//! cancel and fire; another thread takes it only to cancel a timer that an
+//! actor armed before it migrated, or when it is idle and fires expired
+//! timers of a busy thread (so no timer is stranded behind a long-running
+//! actor). The lock is therefore uncontended in the common case, and no lock
+//! is global. The heap's earliest deadline is published in an atomic
+//! (`next_deadline`) so that idle threads can compute how long to sleep
+//! without taking any lock.
+//!
+//! Times are nanoseconds since the runtime's epoch (an `Instant`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::cell::ActorCell;
+
+/// "No deadline."
+pub(crate) const NEVER: u64 = u64::MAX;
+const ARITY: usize = 4;
+
+pub(crate) struct TimerHeap {
+    entries: Vec<*const ActorCell>,
+}
+
+// SAFETY: the heap holds references to cells (which are Sync) and is only
+// used under its mutex.
+unsafe impl Send for TimerHeap {}
+
+impl TimerHeap {
+    pub(crate) const fn new() -> Self {
+        TimerHeap { entries: Vec::new() }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    #[inline]
+    fn deadline(&self, i: usize) -> u64 {
+        // SAFETY: heap entries are live cells (the heap holds a reference),
+        // and their timer slots are guarded by this heap's lock, held.
+        unsafe { (*(*self.entries[i]).timer.get()).deadline }
+    }
+
+    #[inline]
+    fn set(&mut self, i: usize, c: *const ActorCell) {
+        self.entries[i] = c;
+        // SAFETY: as in `deadline`.
+        unsafe { (*(*c).timer.get()).pos = i };
+    }
+
+    /// Earliest deadline, or NEVER.
+    #[inline]
+    pub(crate) fn peek(&self) -> u64 {
+        if self.entries.is_empty() {
+            NEVER
+        } else {
+            self.deadline(0)
+        }
+    }
+
+    /// Inserts `c` (whose `timer.deadline` and `timer.owner` are set); the
+    /// heap takes over one reference the caller owns.
+    pub(crate) fn push(&mut self, c: *const ActorCell) {
+        self.entries.push(c);
+        let i = self.entries.len() - 1;
+        self.set(i, c);
+        self.sift_up(i);
+    }
+
+    /// Removes the entry at `pos`; returns the cell (and its reference).
+    pub(crate) fn remove(&mut self, pos: usize) -> *const ActorCell {
+        let c = self.entries[pos];
+        let last = self.entries.pop().expect("non-empty heap");
+        if pos < self.entries.len() {
+            self.set(pos, last);
+            self.sift_down(pos);
+            self.sift_up(pos);
+        }
+        // SAFETY: as in `deadline`.
+        unsafe { (*(*c).timer.get()).owner = 0 };
+        c
+    }
+
+    /// Pops the earliest entry if it is due at `now`.
+    pub(crate) fn pop_due(&mut self, now: u64) -> Option<*const ActorCell> {
+        (!self.entries.is_empty() && self.deadline(0) <= now).then(|| self.remove(0))
+    }
+
+    fn sift_up(&mut self, mut i: usize) {
+        let c = self.entries[i];
+        let d = self.deadline(i);
+        while i > 0 {
+            let p = (i - 1) / ARITY;
+            if self.deadline(p) <= d {
+                break;
+            }
+            let pc = self.entries[p];
+            self.set(i, pc);
+            i = p;
+        }
+        self.set(i, c);
+    }
+
+    fn sift_down(&mut self, mut i: usize) {
+        let n = self.entries.len();
+        let c = self.entries[i];
+        let d = self.deadline(i);
+        loop {
+            let first = i * ARITY + 1;
+            if first >= n {
+                break;
+            }
+            let mut best = first;
+            let mut bd = self.deadline(first);
+            for k in first + 1..(first + ARITY).min(n) {
+                let kd = self.deadline(k);
+                if kd < bd {
+                    best = k;
+                    bd = kd;
+                }
+            }
+            if bd >= d {
+                break;
+            }
+            let bc = self.entries[best];
+            self.set(i, bc);
+            i = best;
+        }
+        self.set(i, c);
+    }
+
+    /// Takes every entry out (shutdown).
+    pub(crate) fn drain(&mut self) -> Vec<*const ActorCell> {
+        std::mem::take(&mut self.entries)
+    }
+}
+
+/// The published earliest deadline of one heap.
+pub(crate) struct NextDeadline(AtomicU64);
+
+impl NextDeadline {
+    pub(crate) const fn new() -> Self {
+        NextDeadline(AtomicU64::new(NEVER))
+    }
+    #[inline]
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+    #[inline]
+    pub(crate) fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Release)
+    }
+}
