@@ -29,12 +29,19 @@ fn main() {
         drop(to_pong);
         pong.join().unwrap();
         // A thousand short-lived actors summing their share in parallel.
-        let workers: Vec<_> = (0..1000u64).map(|i| smarm::spawn(move || (i * 1000..(i + 1) * 1000).sum::<u64>())).collect();
+        let workers: Vec<_> = (0..1000u64)
+            .map(|i| smarm::spawn(move || (i * 1000..(i + 1) * 1000).sum::<u64>()))
+            .collect();
         let sum: u64 = workers.into_iter().map(|h| h.join().unwrap()).sum();
         (n, sum)
     });
     let el = t.elapsed();
-    println!("ping-pong: {} round trips in {:.1?} ({:.0} ns per round trip)", total.0, el, el.as_nanos() as f64 / rounds as f64);
+    println!(
+        "ping-pong: {} round trips in {:.1?} ({:.0} ns per round trip)",
+        total.0,
+        el,
+        el.as_nanos() as f64 / rounds as f64
+    );
     println!("1000 actors summed 0..1_000_000 = {}", total.1);
     assert_eq!(total.0, rounds);
     assert_eq!(total.1, (0..1_000_000u64).sum::<u64>());

@@ -8,7 +8,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::Ordering;
 
-use crate::cell::{self, ActorCell, BodyVTable, DONE, JOIN_WAITING, OUT_PANIC, OUT_TAKEN, OUT_VALUE, QUEUED, ST_MASK};
+use crate::cell::{
+    self, ActorCell, BodyVTable, DONE, JOIN_WAITING, OUT_PANIC, OUT_TAKEN, OUT_VALUE, QUEUED,
+    ST_MASK,
+};
 use crate::channel::Sender;
 use crate::park;
 use crate::scheduler::{self, Shared};
@@ -68,7 +71,9 @@ impl fmt::Debug for Signal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Signal::Exit(p) => write!(f, "Exit({p})"),
-            Signal::Panic(p, payload) => write!(f, "Panic({p}, {})", describe_payload(payload.as_ref())),
+            Signal::Panic(p, payload) => {
+                write!(f, "Panic({p}, {})", describe_payload(payload.as_ref()))
+            }
         }
     }
 }
@@ -107,7 +112,11 @@ fn copy_payload(p: &(dyn Any + Send)) -> Box<dyn Any + Send> {
 struct Body<F, T>(PhantomData<(F, T)>);
 
 impl<F: FnOnce() -> T + Send + 'static, T: Send + 'static> Body<F, T> {
-    const VTABLE: BodyVTable = BodyVTable { run: Self::run, drop_closure: Self::drop_closure, drop_result: Self::drop_result };
+    const VTABLE: BodyVTable = BodyVTable {
+        run: Self::run,
+        drop_closure: Self::drop_closure,
+        drop_result: Self::drop_result,
+    };
 
     /// Stores `f` in the cell's payload (inline when it fits, else boxed).
     unsafe fn store(c: &ActorCell, f: F) {
@@ -309,7 +318,10 @@ where
     }
     c.refs.store(2, Ordering::Relaxed); // the actor's life + the JoinHandle
     c.state.store(QUEUED, Ordering::Release);
-    let h = JoinHandle { cell: c, _t: PhantomData };
+    let h = JoinHandle {
+        cell: c,
+        _t: PhantomData,
+    };
     if sh.shutdown.load(Ordering::Acquire) {
         // No new actors start once shutdown began: finish it as killed.
         c.state.store(QUEUED | cell::KILL, Ordering::Release);
@@ -321,7 +333,9 @@ where
 /// Sends the supervisor its Signal (at the end of the actor's life).
 pub(crate) fn report_exit(c: &ActorCell) {
     // SAFETY: only the finishing context touches `supervisor` now.
-    let Some(sup) = (unsafe { (*c.supervisor.get()).take() }) else { return };
+    let Some(sup) = (unsafe { (*c.supervisor.get()).take() }) else {
+        return;
+    };
     let pid = c.pid();
     let sig = match c.outcome.get() {
         OUT_PANIC => {
@@ -354,7 +368,10 @@ unsafe impl<T: Send> Sync for JoinHandle<T> {}
 
 impl<T> fmt::Debug for JoinHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JoinHandle").field("pid", &self.pid()).field("finished", &self.is_finished()).finish()
+        f.debug_struct("JoinHandle")
+            .field("pid", &self.pid())
+            .field("finished", &self.is_finished())
+            .finish()
     }
 }
 
@@ -414,10 +431,6 @@ impl<T> JoinHandle<T> {
             _ => unreachable!("join of an actor without an outcome"),
         }
     }
-
-    pub(crate) fn cell(&self) -> &'static ActorCell {
-        self.cell
-    }
 }
 
 impl<T> Drop for JoinHandle<T> {
@@ -467,15 +480,9 @@ pub fn kill(pid: Pid) {
 }
 
 /// Kills the actor behind a handle (no pid lookup).
+#[allow(dead_code)] // used by supervision
 pub(crate) fn kill_handle<T>(h: &JoinHandle<T>) {
     scheduler::kill_cell(h.cell);
-}
-
-/// The name of the running actor, if it has one (for diagnostics).
-pub(crate) fn current_name() -> Option<String> {
-    let c = scheduler::current_cell()?;
-    // SAFETY: the running actor's cell is live; its name is immutable.
-    unsafe { c.name() }.map(str::to_owned)
 }
 
 #[allow(dead_code)]

@@ -158,7 +158,11 @@ impl ActorCell {
             pinned: Cell::new(false),
             kill_delivered: Cell::new(false),
             no_preempt: Cell::new(0),
-            timer: UnsafeCell::new(TimerSlot { owner: 0, pos: 0, deadline: 0 }),
+            timer: UnsafeCell::new(TimerSlot {
+                owner: 0,
+                pos: 0,
+                deadline: 0,
+            }),
             supervisor: UnsafeCell::new(None),
             index,
         }
@@ -205,7 +209,10 @@ impl ActorCell {
             if r == 0 {
                 return false;
             }
-            match self.refs.compare_exchange_weak(r, r + 1, Ordering::Acquire, Ordering::Relaxed) {
+            match self
+                .refs
+                .compare_exchange_weak(r, r + 1, Ordering::Acquire, Ordering::Relaxed)
+            {
                 Ok(_) => break,
                 Err(x) => r = x,
             }
@@ -225,7 +232,10 @@ impl ActorCell {
 /// # Safety
 /// No reference to the cell remains.
 unsafe fn recycle(cell: &ActorCell) {
-    debug_assert!(matches!(cell.state.load(Ordering::Relaxed) & ST_MASK, DONE | FREE));
+    debug_assert!(matches!(
+        cell.state.load(Ordering::Relaxed) & ST_MASK,
+        DONE | FREE
+    ));
     let vt = cell.vtable.get();
     // SAFETY: we are the only user of the cell (no reference remains).
     unsafe {
@@ -288,8 +298,14 @@ fn refill(out: &mut Vec<*mut ActorCell>) {
     let mut g = GLOBAL_FREE.lock().unwrap_or_else(|e| e.into_inner());
     if g.is_empty() {
         let n = CHUNK_COUNT.load(Ordering::Relaxed);
-        assert!(n < MAX_CHUNKS, "smarm: more than {} live actors", MAX_CHUNKS * CHUNK);
-        let chunk: Box<[ActorCell]> = (0..CHUNK).map(|i| ActorCell::new((n * CHUNK + i) as u32)).collect();
+        assert!(
+            n < MAX_CHUNKS,
+            "smarm: more than {} live actors",
+            MAX_CHUNKS * CHUNK
+        );
+        let chunk: Box<[ActorCell]> = (0..CHUNK)
+            .map(|i| ActorCell::new((n * CHUNK + i) as u32))
+            .collect();
         let base = Box::leak(chunk).as_mut_ptr();
         CHUNKS[n].store(base, Ordering::Release);
         CHUNK_COUNT.store(n + 1, Ordering::Release);
@@ -316,7 +332,10 @@ pub(crate) fn alloc_cell() -> &'static ActorCell {
             let mut v = Vec::new();
             refill(&mut v);
             let p = v.pop().expect("refilled");
-            GLOBAL_FREE.lock().unwrap_or_else(|e| e.into_inner()).extend(v.into_iter().map(SendPtr));
+            GLOBAL_FREE
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(v.into_iter().map(SendPtr));
             p
         });
     // SAFETY: slab cells are never deallocated.
@@ -334,7 +353,10 @@ fn free_cell(p: *mut ActorCell) {
         }
     });
     if r.is_err() {
-        GLOBAL_FREE.lock().unwrap_or_else(|e| e.into_inner()).push(SendPtr(p));
+        GLOBAL_FREE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(SendPtr(p));
     }
 }
 
@@ -355,8 +377,8 @@ pub(crate) fn lookup(pid: Pid) -> Option<&'static ActorCell> {
 /// Calls `f` on every live cell (with a reference held during the call).
 pub(crate) fn for_each_live(mut f: impl FnMut(&'static ActorCell)) {
     let n = CHUNK_COUNT.load(Ordering::Acquire);
-    for c in 0..n {
-        let base = CHUNKS[c].load(Ordering::Acquire);
+    for chunk in &CHUNKS[..n] {
+        let base = chunk.load(Ordering::Acquire);
         for i in 0..CHUNK {
             // SAFETY: published chunks are never freed.
             let cell = unsafe { &*base.add(i) };

@@ -33,14 +33,16 @@ mod runqueue;
 pub mod runtime;
 pub(crate) mod scheduler;
 mod stack;
-mod timer;
 mod time;
+mod timer;
 
-pub use actor::{kill, self_pid, spawn, spawn_under, yield_now, Builder, JoinHandle, Killed, Pid, Signal};
+pub use actor::{
+    kill, self_pid, spawn, spawn_under, yield_now, Builder, JoinHandle, Killed, Pid, Signal,
+};
 pub use channel::oneshot;
 pub use channel::{
-    bounded, channel, Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender, TryRecvError,
-    TrySendError,
+    bounded, channel, Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender,
+    TryRecvError, TrySendError,
 };
 pub use time::{sleep, sleep_until};
 

@@ -27,13 +27,16 @@ static mut PREV_BUS: MaybeUninit<libc::sigaction> = MaybeUninit::zeroed();
 /// Installs the handler (once per process).
 pub(crate) fn install_handler() {
     INSTALL.call_once(|| {
-        for (sig, prev) in [(libc::SIGSEGV, &raw mut PREV_SEGV), (libc::SIGBUS, &raw mut PREV_BUS)] {
+        for (sig, prev) in [
+            (libc::SIGSEGV, &raw mut PREV_SEGV),
+            (libc::SIGBUS, &raw mut PREV_BUS),
+        ] {
             // SAFETY: a zeroed sigaction is valid; we fill in the handler and
             // flags; `prev` is written by the kernel before any signal can
             // reach our handler (which only reads it).
             unsafe {
                 let mut act: libc::sigaction = std::mem::zeroed();
-                act.sa_sigaction = handler as usize;
+                act.sa_sigaction = handler as *const () as usize;
                 act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
                 libc::sigemptyset(&mut act.sa_mask);
                 libc::sigaction(sig, &act, (*prev).as_mut_ptr());
@@ -66,7 +69,11 @@ pub(crate) fn install_for_thread() {
         if p == libc::MAP_FAILED {
             return;
         }
-        let st = libc::stack_t { ss_sp: p, ss_flags: 0, ss_size: size };
+        let st = libc::stack_t {
+            ss_sp: p,
+            ss_flags: 0,
+            ss_size: size,
+        };
         libc::sigaltstack(&st, std::ptr::null_mut());
     }
 }
@@ -122,7 +129,9 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
                 m.s("(unknown)");
             }
         }
-        m.s(": its stack of ").u(size as u64).s(" bytes is exhausted (fault at guard page address 0x");
+        m.s(": its stack of ")
+            .u(size as u64)
+            .s(" bytes is exhausted (fault at guard page address 0x");
         let mut hex = [0u8; 16];
         for (i, h) in hex.iter_mut().enumerate() {
             let nib = (addr >> ((15 - i) * 4)) & 0xF;
@@ -137,7 +146,11 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
         }
     }
     // Not ours: chain to the previous disposition.
-    let prev = if sig == libc::SIGSEGV { &raw const PREV_SEGV } else { &raw const PREV_BUS };
+    let prev = if sig == libc::SIGSEGV {
+        &raw const PREV_SEGV
+    } else {
+        &raw const PREV_BUS
+    };
     // SAFETY: written once at installation, before the handler could run.
     let prev = unsafe { (*prev).assume_init_ref() };
     let h = prev.sa_sigaction;
@@ -152,7 +165,8 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
         }
     } else if prev.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: the previous handler was installed as an SA_SIGINFO handler.
-        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = unsafe { std::mem::transmute(h) };
+        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { std::mem::transmute(h) };
         f(sig, info, ctx);
     } else {
         // SAFETY: the previous handler was installed as a plain handler.

@@ -57,8 +57,18 @@ fn hook(prev: &'static Hook, info: &PanicHookInfo<'_>) {
         use std::io::Write;
         let mut err = std::io::stderr().lock();
         let _ = match name {
-            Some(n) => writeln!(err, "smarm: actor {} \"{n}\" panicked (on thread '{}'):", c.pid(), thread.name().unwrap_or("?")),
-            None => writeln!(err, "smarm: actor {} panicked (on thread '{}'):", c.pid(), thread.name().unwrap_or("?")),
+            Some(n) => writeln!(
+                err,
+                "smarm: actor {} \"{n}\" panicked (on thread '{}'):",
+                c.pid(),
+                thread.name().unwrap_or("?")
+            ),
+            None => writeln!(
+                err,
+                "smarm: actor {} panicked (on thread '{}'):",
+                c.pid(),
+                thread.name().unwrap_or("?")
+            ),
         };
     }
     match crate::scheduler::sched_stack_top() {
@@ -69,7 +79,9 @@ fn hook(prev: &'static Hook, info: &PanicHookInfo<'_>) {
             // runs, so the stack below its saved sp (minus a gap) is unused;
             // it is the 8 MiB stack of a scheduler thread. `run_prev` does
             // not unwind.
-            unsafe { crate::arch::call_on_stack(&call as *const Call<'_, '_> as *mut u8, run_prev, top) };
+            unsafe {
+                crate::arch::call_on_stack(&call as *const Call<'_, '_> as *mut u8, run_prev, top)
+            };
         }
         None => prev(info),
     }

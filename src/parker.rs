@@ -18,7 +18,9 @@ pub(crate) struct Parker {
 
 impl Parker {
     pub(crate) const fn new() -> Self {
-        Parker { state: AtomicU32::new(EMPTY) }
+        Parker {
+            state: AtomicU32::new(EMPTY),
+        }
     }
 
     /// Sleeps until `unpark` or until `timeout` passes (None = no timeout).
@@ -26,10 +28,18 @@ impl Parker {
     pub(crate) fn park(&self, timeout: Option<Duration>) {
         // Acquire pairs with the Release swap in `unpark`: whatever the
         // unparker published before is visible after we consume the token.
-        if self.state.compare_exchange(NOTIFIED, EMPTY, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+        if self
+            .state
+            .compare_exchange(NOTIFIED, EMPTY, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
             return;
         }
-        if self.state.compare_exchange(EMPTY, PARKED, Ordering::Acquire, Ordering::Acquire).is_err() {
+        if self
+            .state
+            .compare_exchange(EMPTY, PARKED, Ordering::Acquire, Ordering::Acquire)
+            .is_err()
+        {
             // NOTIFIED arrived in between.
             self.state.store(EMPTY, Ordering::Relaxed);
             return;
@@ -52,7 +62,9 @@ fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
         tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: d.subsec_nanos() as libc::c_long,
     });
-    let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    let tsp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: FUTEX_WAIT reads the aligned u32 behind `word`; `tsp` is null or
     // points at a live timespec (a relative timeout).
     unsafe {
@@ -69,6 +81,11 @@ fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
 fn futex_wake(word: &AtomicU32) {
     // SAFETY: FUTEX_WAKE only uses the address as a key.
     unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1);
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        );
     }
 }

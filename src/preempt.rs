@@ -83,14 +83,20 @@ pub struct NoPreempt {
 }
 
 /// Returns a guard during which no involuntary yield happens.
-#[inline]
+///
+/// (Not inlined, like every thread-local access of smarm that can sit on
+/// either side of a switch: the compiler must not reuse a thread-local
+/// address computed on the thread the actor ran on before.)
+#[inline(never)]
 pub fn disable() -> NoPreempt {
     STATE.with(|s| s.no_preempt.set(s.no_preempt.get() + 1));
-    NoPreempt { _not_send: PhantomData }
+    NoPreempt {
+        _not_send: PhantomData,
+    }
 }
 
 impl Drop for NoPreempt {
-    #[inline]
+    #[inline(never)]
     fn drop(&mut self) {
         STATE.with(|s| s.no_preempt.set(s.no_preempt.get() - 1));
     }
@@ -183,7 +189,8 @@ fn on_alloc() {
 }
 
 /// `smarm::check!()`: yields if the running actor's timeslice has expired.
-#[inline(always)]
+/// Not inlined, so that the thread-local it reads is always this thread's.
+#[inline(never)]
 pub fn check() {
     let run_out = STATE.with(|s| {
         let c = s.check_countdown.get();

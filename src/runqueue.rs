@@ -59,7 +59,9 @@ impl LocalQueue {
             head: AtomicU32::new(0),
             _pad: [0; 60],
             tail: AtomicU32::new(0),
-            buf: (0..LOCAL_CAP).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
+            buf: (0..LOCAL_CAP)
+                .map(|_| AtomicPtr::new(ptr::null_mut()))
+                .collect(),
         }
     }
 
@@ -98,8 +100,14 @@ impl LocalQueue {
     fn overflow(&self, h: u32, t: u32, task: Task, inj: &Injector) -> bool {
         let n = (LOCAL_CAP / 2) as u32;
         debug_assert_eq!(t.wrapping_sub(h), LOCAL_CAP as u32);
-        let batch: Vec<Task> = (0..n).map(|i| self.buf[(h.wrapping_add(i) & MASK) as usize].load(Ordering::Relaxed) as Task).collect();
-        if self.head.compare_exchange(h, h.wrapping_add(n), Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        let batch: Vec<Task> = (0..n)
+            .map(|i| self.buf[(h.wrapping_add(i) & MASK) as usize].load(Ordering::Relaxed) as Task)
+            .collect();
+        if self
+            .head
+            .compare_exchange(h, h.wrapping_add(n), Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
             return false; // a thief made room; retry the push
         }
         inj.push_batch(batch.into_iter().chain(std::iter::once(task)));
@@ -116,7 +124,12 @@ impl LocalQueue {
                 return None;
             }
             let task = self.buf[(h & MASK) as usize].load(Ordering::Relaxed);
-            match self.head.compare_exchange_weak(h, h.wrapping_add(1), Ordering::AcqRel, Ordering::Acquire) {
+            match self.head.compare_exchange_weak(
+                h,
+                h.wrapping_add(1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return Some(task),
                 Err(x) => h = x,
             }
@@ -145,10 +158,16 @@ impl LocalQueue {
                 let v = self.buf[(h.wrapping_add(i) & MASK) as usize].load(Ordering::Relaxed);
                 dst.buf[(dt.wrapping_add(i) & MASK) as usize].store(v, Ordering::Relaxed);
             }
-            match self.head.compare_exchange(h, h.wrapping_add(n), Ordering::AcqRel, Ordering::Acquire) {
+            match self.head.compare_exchange(
+                h,
+                h.wrapping_add(n),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => {
                     // Keep the last one to run now; publish the rest.
-                    let last = dst.buf[(dt.wrapping_add(n - 1) & MASK) as usize].load(Ordering::Relaxed);
+                    let last =
+                        dst.buf[(dt.wrapping_add(n - 1) & MASK) as usize].load(Ordering::Relaxed);
                     if n > 1 {
                         dst.tail.store(dt.wrapping_add(n - 1), Ordering::Release);
                     }
@@ -175,17 +194,18 @@ unsafe impl Send for List {}
 
 impl Injector {
     pub(crate) fn new() -> Self {
-        Injector { len: AtomicUsize::new(0), list: Mutex::new(List { head: ptr::null(), tail: ptr::null() }) }
+        Injector {
+            len: AtomicUsize::new(0),
+            list: Mutex::new(List {
+                head: ptr::null(),
+                tail: ptr::null(),
+            }),
+        }
     }
 
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.len.load(Ordering::Acquire) == 0
-    }
-
-    #[inline]
-    pub(crate) fn len(&self) -> usize {
-        self.len.load(Ordering::Acquire)
     }
 
     pub(crate) fn push(&self, task: Task) {
@@ -214,7 +234,11 @@ impl Injector {
 
     /// Pops up to `max` tasks: returns the first and pushes the rest into
     /// `dst` (the caller's own queue) when given.
-    pub(crate) fn pop_batch(&self, max: usize, dst: Option<(&LocalQueue, &Injector)>) -> Option<Task> {
+    pub(crate) fn pop_batch(
+        &self,
+        max: usize,
+        dst: Option<(&LocalQueue, &Injector)>,
+    ) -> Option<Task> {
         if self.is_empty() {
             return None;
         }

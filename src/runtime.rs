@@ -78,18 +78,64 @@ impl Config {
         self.resolve_with(|k| std::env::var(k).ok())
     }
 
-    pub(crate) fn resolve_with(&self, env: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+    pub(crate) fn resolve_with(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
         let threads = knob(self.threads, "SMARM_THREADS", "threads", &env, || {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         })?;
-        check(threads as u64, 1, MAX_THREADS as u64, "SMARM_THREADS", "threads", self.threads.is_some())?;
-        let stack_size = knob(self.stack_size, "SMARM_STACK_SIZE", "stack_size", &env, || DEFAULT_STACK_SIZE)?;
-        check(stack_size as u64, MIN_STACK_SIZE as u64, MAX_STACK_SIZE as u64, "SMARM_STACK_SIZE", "stack_size", self.stack_size.is_some())?;
-        let alloc_interval = knob(self.alloc_interval, "SMARM_ALLOC_INTERVAL", "alloc_interval", &env, || DEFAULT_ALLOC_INTERVAL)?;
-        let timeslice_cycles =
-            knob(self.timeslice_cycles, "SMARM_TIMESLICE_CYCLES", "timeslice_cycles", &env, || DEFAULT_TIMESLICE_CYCLES)?;
-        check(timeslice_cycles, 1, u64::MAX, "SMARM_TIMESLICE_CYCLES", "timeslice_cycles", self.timeslice_cycles.is_some())?;
-        Ok(Settings { threads, stack_size, alloc_interval, timeslice_cycles })
+        check(
+            threads as u64,
+            1,
+            MAX_THREADS as u64,
+            "SMARM_THREADS",
+            "threads",
+            self.threads.is_some(),
+        )?;
+        let stack_size = knob(
+            self.stack_size,
+            "SMARM_STACK_SIZE",
+            "stack_size",
+            &env,
+            || DEFAULT_STACK_SIZE,
+        )?;
+        check(
+            stack_size as u64,
+            MIN_STACK_SIZE as u64,
+            MAX_STACK_SIZE as u64,
+            "SMARM_STACK_SIZE",
+            "stack_size",
+            self.stack_size.is_some(),
+        )?;
+        let alloc_interval = knob(
+            self.alloc_interval,
+            "SMARM_ALLOC_INTERVAL",
+            "alloc_interval",
+            &env,
+            || DEFAULT_ALLOC_INTERVAL,
+        )?;
+        let timeslice_cycles = knob(
+            self.timeslice_cycles,
+            "SMARM_TIMESLICE_CYCLES",
+            "timeslice_cycles",
+            &env,
+            || DEFAULT_TIMESLICE_CYCLES,
+        )?;
+        check(
+            timeslice_cycles,
+            1,
+            u64::MAX,
+            "SMARM_TIMESLICE_CYCLES",
+            "timeslice_cycles",
+            self.timeslice_cycles.is_some(),
+        )?;
+        Ok(Settings {
+            threads,
+            stack_size,
+            alloc_interval,
+            timeslice_cycles,
+        })
     }
 }
 
@@ -122,9 +168,17 @@ fn check(
     from_builder: bool,
 ) -> Result<(), ConfigError> {
     if x < min || x > max {
-        let reason = if x < min { "below the minimum" } else { "above the maximum" };
+        let reason = if x < min {
+            "below the minimum"
+        } else {
+            "above the maximum"
+        };
         return Err(ConfigError {
-            source: if from_builder { Source::Builder(field) } else { Source::Env(var) },
+            source: if from_builder {
+                Source::Builder(field)
+            } else {
+                Source::Env(var)
+            },
             value: x.to_string(),
             reason,
         }
@@ -190,7 +244,9 @@ pub struct Runtime {
 
 impl fmt::Debug for Runtime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Runtime").field("settings", &self.shared.settings).finish()
+        f.debug_struct("Runtime")
+            .field("settings", &self.shared.settings)
+            .finish()
     }
 }
 

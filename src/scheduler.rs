@@ -62,7 +62,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::arch;
-use crate::cell::{self, ActorCell, ActorRef, DONE, JOIN_WAITING, KILL, NOTIFIED, PARKED, QUEUED, RUNNING, ST_MASK};
+use crate::cell::{
+    self, ActorCell, ActorRef, DONE, JOIN_WAITING, KILL, NOTIFIED, PARKED, QUEUED, RUNNING, ST_MASK,
+};
 use crate::parker::Parker;
 use crate::preempt;
 use crate::runqueue::{Injector, LocalQueue};
@@ -166,15 +168,25 @@ impl Shared {
 
     /// The runtime clock's value for `t` (saturating at 0).
     pub(crate) fn clock_of(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.epoch).as_nanos().min(NEVER as u128 - 1) as u64
+        t.saturating_duration_since(self.epoch)
+            .as_nanos()
+            .min(NEVER as u128 - 1) as u64
     }
 
     /// Actors spawned and not yet finished.
     pub(crate) fn live(&self) -> u64 {
         // Exits first: every exit counted here had its spawn counted before,
         // so the difference never underflows.
-        let exited: u64 = self.workers.iter().map(|w| w.exited.load(Ordering::Acquire)).sum();
-        let spawned: u64 = self.workers.iter().map(|w| w.spawned.load(Ordering::Acquire)).sum::<u64>()
+        let exited: u64 = self
+            .workers
+            .iter()
+            .map(|w| w.exited.load(Ordering::Acquire))
+            .sum();
+        let spawned: u64 = self
+            .workers
+            .iter()
+            .map(|w| w.spawned.load(Ordering::Acquire))
+            .sum::<u64>()
             + self.ext_spawned.load(Ordering::Acquire);
         spawned.saturating_sub(exited)
     }
@@ -186,7 +198,9 @@ impl Shared {
         // with the fence a worker issues between joining the idle set and
         // re-checking the queues (`idle`).
         fence(Ordering::SeqCst);
-        if self.num_searching.load(Ordering::Relaxed) != 0 || self.num_idle.load(Ordering::Relaxed) == 0 {
+        if self.num_searching.load(Ordering::Relaxed) != 0
+            || self.num_idle.load(Ordering::Relaxed) == 0
+        {
             return;
         }
         self.wake_one_idle();
@@ -215,11 +229,18 @@ impl Shared {
     /// True if some worker could find something to do.
     fn has_work(&self, now: u64) -> bool {
         !self.injector.is_empty()
-            || self.workers.iter().any(|w| !w.queue.is_empty() || w.next_deadline.get() <= now)
+            || self
+                .workers
+                .iter()
+                .any(|w| !w.queue.is_empty() || w.next_deadline.get() <= now)
     }
 
     fn earliest_deadline(&self) -> u64 {
-        self.workers.iter().map(|w| w.next_deadline.get()).min().unwrap_or(NEVER)
+        self.workers
+            .iter()
+            .map(|w| w.next_deadline.get())
+            .min()
+            .unwrap_or(NEVER)
     }
 
     /// Pushes a runnable actor from a thread that is not one of ours.
@@ -273,9 +294,11 @@ pub(crate) fn local() -> *mut Local {
     LOCAL.with(|l| l.get())
 }
 
-#[inline]
+/// Same as [`local`]: every read of the worker thread-local goes through a
+/// call that the compiler cannot merge with one made before a switch.
+#[inline(always)]
 fn local_fast() -> *mut Local {
-    LOCAL.with(|l| l.get())
+    local()
 }
 
 impl Local {
@@ -329,7 +352,11 @@ impl Local {
             self.pinned_head = t;
         } else {
             // SAFETY: as above.
-            unsafe { (*self.pinned_tail).next.store(t as *mut _, Ordering::Relaxed) };
+            unsafe {
+                (*self.pinned_tail)
+                    .next
+                    .store(t as *mut _, Ordering::Relaxed)
+            };
         }
         self.pinned_tail = t;
     }
@@ -353,7 +380,10 @@ impl Local {
         let sh = self.shared();
         if self.tick % GLOBAL_INTERVAL == 0 {
             self.fire_own_timers();
-            if let Some(t) = sh.injector.pop_batch(INJECT_BATCH, Some((&self.me().queue, &sh.injector))) {
+            if let Some(t) = sh
+                .injector
+                .pop_batch(INJECT_BATCH, Some((&self.me().queue, &sh.injector)))
+            {
                 if !self.lifo.is_null() {
                     let l = std::mem::replace(&mut self.lifo, ptr::null());
                     self.me().queue.push(l, &sh.injector);
@@ -388,7 +418,10 @@ impl Local {
     #[cold]
     fn find_remote(&mut self) -> Option<Task> {
         let sh = self.shared();
-        if let Some(t) = sh.injector.pop_batch(INJECT_BATCH, Some((&self.me().queue, &sh.injector))) {
+        if let Some(t) = sh
+            .injector
+            .pop_batch(INJECT_BATCH, Some((&self.me().queue, &sh.injector)))
+        {
             return Some(t);
         }
         if self.fire_own_timers() {
@@ -423,12 +456,16 @@ impl Local {
                 continue;
             }
             let sh = self.shared();
-            if let Some(t) = sh.workers[i].queue.steal_into(&sh.workers[self.index].queue) {
+            if let Some(t) = sh.workers[i]
+                .queue
+                .steal_into(&sh.workers[self.index].queue)
+            {
                 return Some(t);
             }
         }
         let sh = self.shared();
-        sh.injector.pop_batch(INJECT_BATCH, Some((&self.me().queue, &sh.injector)))
+        sh.injector
+            .pop_batch(INJECT_BATCH, Some((&self.me().queue, &sh.injector)))
     }
 
     /// Called when this worker found work: it stops searching, and if it was
@@ -526,7 +563,10 @@ fn prepare(l: &mut Local, t: Task) -> Option<*mut u8> {
             Some(sp)
         }
         Err(e) => {
-            let msg = format!("smarm: could not allocate a stack for actor {}: {e}", c.pid());
+            let msg = format!(
+                "smarm: could not allocate a stack for actor {}: {e}",
+                c.pid()
+            );
             finish_unstarted(l, c, Box::new(msg));
             None
         }
@@ -627,7 +667,10 @@ pub(crate) fn finish_switch() {
                 };
                 // Release: the actor's saved context (written by the switch)
                 // is visible to whoever resumes it after seeing PARKED.
-                match c.state.compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Relaxed) {
+                match c
+                    .state
+                    .compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Relaxed)
+                {
                     Ok(_) => {
                         if requeue {
                             l.schedule(t, false);
@@ -663,7 +706,10 @@ fn finalize(l: &mut Local, c: &'static ActorCell) {
     loop {
         let new = (s & !ST_MASK) | DONE;
         // Release: the outcome is visible to a joiner that sees DONE.
-        match c.state.compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Relaxed) {
+        match c
+            .state
+            .compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Relaxed)
+        {
             Ok(_) => break,
             Err(x) => s = x,
         }
@@ -790,12 +836,15 @@ fn idle(lp: *mut Local) {
     let shutting = sh.shutdown.load(Ordering::Acquire);
     if !(sh.has_work(now) || shutting && sh.live() == 0) {
         let deadline = sh.earliest_deadline();
-        let mut timeout = (deadline != NEVER).then(|| Duration::from_nanos(deadline.saturating_sub(now)));
+        let mut timeout =
+            (deadline != NEVER).then(|| Duration::from_nanos(deadline.saturating_sub(now)));
         let trim = timeout.is_none_or(|t| t > TRIM_AFTER);
         if trim {
             timeout = Some(TRIM_AFTER);
         }
-        let until = deadline.min(now.saturating_add(TRIM_AFTER.as_nanos() as u64)).max(1);
+        let until = deadline
+            .min(now.saturating_add(TRIM_AFTER.as_nanos() as u64))
+            .max(1);
         sh.workers[me].parked_until.store(until, Ordering::SeqCst);
         sh.workers[me].parker.park(timeout);
         sh.workers[me].parked_until.store(0, Ordering::Relaxed);
@@ -904,7 +953,10 @@ pub(crate) fn unpark_cell(c: &ActorCell) {
             RUNNING | QUEUED => (s | NOTIFIED, false),
             _ => return,
         };
-        match c.state.compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Acquire) {
+        match c
+            .state
+            .compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => {
                 if wake {
                     // SAFETY: a PARKED actor's cell is live (own reference)
@@ -938,7 +990,10 @@ pub(crate) fn kill_cell(c: &ActorCell) {
 /// Unwinds the running actor with `Killed` if it has been killed (once).
 #[inline]
 fn check_kill(c: &ActorCell) {
-    if c.state.load(Ordering::Acquire) & KILL != 0 && !c.kill_delivered.get() && !std::thread::panicking() {
+    if c.state.load(Ordering::Acquire) & KILL != 0
+        && !c.kill_delivered.get()
+        && !std::thread::panicking()
+    {
         c.kill_delivered.set(true);
         std::panic::resume_unwind(Box::new(crate::actor::Killed));
     }
@@ -970,7 +1025,8 @@ pub(crate) fn park_actor(deadline: Option<Instant>) {
         None => false,
     };
     switch_away(Post::Park, true);
-    let c = current_cell().expect("resumed in an actor");
+    // `c` is still our own cell (never re-derive it from a thread-local
+    // read made before the switch: we may be on another thread now).
     if armed {
         cancel_timer(c);
     }
@@ -982,7 +1038,6 @@ pub(crate) fn yield_actor() {
     let c = current_cell().expect("yield outside an actor");
     c.pinned.set(false);
     switch_away(Post::Yield, true);
-    let c = current_cell().expect("resumed in an actor");
     check_kill(c);
 }
 
@@ -1077,7 +1132,11 @@ pub(crate) fn sched_stack_top() -> Option<*mut u8> {
 /// Kills every actor of `sh` and waits for the workers to leave. Returns the
 /// pids of actors that never reached a suspension point (their threads are
 /// abandoned).
-pub(crate) fn shutdown(sh: &Arc<Shared>, threads: Vec<std::thread::JoinHandle<()>>, grace: Duration) -> Vec<crate::Pid> {
+pub(crate) fn shutdown(
+    sh: &Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    grace: Duration,
+) -> Vec<crate::Pid> {
     sh.shutdown.store(true, Ordering::SeqCst);
     let me = Arc::as_ptr(sh);
     cell::for_each_live(|c| {
@@ -1091,7 +1150,10 @@ pub(crate) fn shutdown(sh: &Arc<Shared>, threads: Vec<std::thread::JoinHandle<()
     let mut last_progress = Instant::now();
     let mut exited = sh.exited_workers.lock().unwrap_or_else(|e| e.into_inner());
     while *exited < n {
-        let (g, _) = sh.exited_cv.wait_timeout(exited, Duration::from_millis(20)).unwrap_or_else(|e| e.into_inner());
+        let (g, _) = sh
+            .exited_cv
+            .wait_timeout(exited, Duration::from_millis(20))
+            .unwrap_or_else(|e| e.into_inner());
         exited = g;
         let live = sh.live();
         if live < last_live {

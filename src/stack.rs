@@ -71,12 +71,6 @@ impl Stack {
         let c = class(self.class);
         self.base.wrapping_add(c.slot_size)
     }
-
-    /// Usable bytes.
-    #[inline]
-    pub(crate) fn size(&self) -> usize {
-        class(self.class).slot_size - PAGE
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -114,15 +108,6 @@ pub(crate) fn guard_hit(addr: usize) -> Option<usize> {
         }
     }
     None
-}
-
-/// True when `addr` lies anywhere in an actor stack arena.
-pub(crate) fn in_arena(addr: usize) -> bool {
-    let n = ARENA_COUNT.load(Ordering::Acquire).min(MAX_ARENAS);
-    ARENAS[..n].iter().any(|a| {
-        let start = a.start.load(Ordering::Acquire);
-        start != 0 && addr >= start && addr < start + a.len.load(Ordering::Relaxed)
-    })
 }
 
 // ---------------------------------------------------------------------------
@@ -198,7 +183,9 @@ fn classes() -> &'static [OnceLock<Class>] {
 #[inline]
 fn class(i: u8) -> &'static Class {
     // SAFETY-free: a Stack only exists for an initialised class.
-    classes()[i as usize].get().expect("stack class initialised")
+    classes()[i as usize]
+        .get()
+        .expect("stack class initialised")
 }
 
 /// The usable size that a request for `size` bytes of stack gets.
@@ -225,7 +212,10 @@ pub(crate) fn class_for(size: usize) -> io::Result<u8> {
             }
             continue;
         }
-        let _ = c.set(Class { slot_size: slot, lists: Mutex::new(Lists::default()) });
+        let _ = c.set(Class {
+            slot_size: slot,
+            lists: Mutex::new(Lists::default()),
+        });
         return Ok(i as u8);
     }
     Err(io::Error::other(format!(
@@ -313,7 +303,13 @@ impl Class {
             }
             // The first slot's guard page stays untouched: start after it.
             // SAFETY: [start+PAGE, end) is memory of idle stacks we own.
-            unsafe { libc::madvise((start + PAGE) as *mut libc::c_void, end - start - PAGE, libc::MADV_DONTNEED) };
+            unsafe {
+                libc::madvise(
+                    (start + PAGE) as *mut libc::c_void,
+                    end - start - PAGE,
+                    libc::MADV_DONTNEED,
+                )
+            };
             i = j;
         }
         let mut l = self.lists.lock().unwrap_or_else(|e| e.into_inner());
@@ -325,7 +321,11 @@ impl Class {
 /// Gives back the memory of idle stacks beyond the warm bound, for every
 /// size class. Returns how many stacks were trimmed. Not a hot path.
 pub(crate) fn trim() -> usize {
-    classes().iter().filter_map(|c| c.get()).map(Class::trim).sum()
+    classes()
+        .iter()
+        .filter_map(|c| c.get())
+        .map(Class::trim)
+        .sum()
 }
 
 // ---------------------------------------------------------------------------
@@ -376,7 +376,10 @@ pub(crate) fn alloc(c: u8) -> io::Result<Stack> {
             v[0]
         }
     };
-    Ok(Stack { base: base as *mut u8, class: c })
+    Ok(Stack {
+        base: base as *mut u8,
+        class: c,
+    })
 }
 
 /// Returns a stack to the pool.
@@ -404,6 +407,9 @@ pub(crate) fn free(s: Stack) {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        free(Stack { base: self.base, class: self.class });
+        free(Stack {
+            base: self.base,
+            class: self.class,
+        });
     }
 }

@@ -47,8 +47,14 @@ pub fn raw_switch_pingpong(n: u64) -> Duration {
             unsafe { arch::switch(&mut p.co_sp, p.main_sp, 0) };
         }
     }
-    let stack = crate::stack::class_for(64 * 1024).and_then(crate::stack::alloc).expect("stack");
-    let mut pair = Pair { main_sp: std::ptr::null_mut(), co_sp: std::ptr::null_mut(), n };
+    let stack = crate::stack::class_for(64 * 1024)
+        .and_then(crate::stack::alloc)
+        .expect("stack");
+    let mut pair = Pair {
+        main_sp: std::ptr::null_mut(),
+        co_sp: std::ptr::null_mut(),
+        n,
+    };
     // SAFETY: a fresh stack of ours; `co` never returns.
     pair.co_sp = unsafe { arch::init_stack(stack.top(), co, &mut pair as *mut Pair as usize) };
     let t = Instant::now();

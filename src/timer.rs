@@ -45,11 +45,9 @@ unsafe impl Send for TimerHeap {}
 
 impl TimerHeap {
     pub(crate) const fn new() -> Self {
-        TimerHeap { entries: Vec::new() }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        TimerHeap {
+            entries: Vec::new(),
+        }
     }
 
     #[inline]

@@ -33,15 +33,19 @@ pub(crate) const INIT_FRAME: usize = 64;
 /// `top` must be 16-byte aligned and the `INIT_FRAME` bytes below it must be
 /// writable memory of a stack that nothing else uses. `entry` must never
 /// return and never unwind.
-pub(crate) unsafe fn init_stack(top: *mut u8, entry: unsafe extern "C" fn(usize) -> !, arg: usize) -> *mut u8 {
+pub(crate) unsafe fn init_stack(
+    top: *mut u8,
+    entry: unsafe extern "C" fn(usize) -> !,
+    arg: usize,
+) -> *mut u8 {
     debug_assert_eq!(top as usize % 16, 0);
     let words = top.cast::<u64>();
     // SAFETY: the caller guarantees the 8 words below `top` are ours.
     unsafe {
-        words.sub(1).write(smarm_trampoline as usize as u64); // resume address
+        words.sub(1).write(smarm_trampoline as *const () as u64); // resume address
         words.sub(2).write(0); // rbp: ends frame-pointer walks
         words.sub(3).write(arg as u64); // rbx: the argument
-        words.sub(4).write(entry as usize as u64); // r12: the entry function
+        words.sub(4).write(entry as *const () as u64); // r12: the entry function
         words.sub(5).write(0); // r13
         words.sub(6).write(0); // r14
         words.sub(7).write(0); // r15
