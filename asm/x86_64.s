@@ -24,16 +24,27 @@
 # new context's control bits almost always equal the old one's. So the
 # routine always *saves* both and only *loads* them when they differ.
 #
-# A switch does not end in `ret`. The resume address of the suspended context
-# was pushed by a `call` executed in another context, so the CPU's return
-# stack buffer would predict the wrong target and every switch would pay a
-# mispredict (about 14 ns instead of about 3 ns per switch on our machines).
-# Instead the resume address is popped into a scratch register and reached
-# with an indirect `jmp`, which the branch target buffer predicts well for a
-# ping-pong. The `call` that entered `smarm_switch` is therefore paired with
-# a `jmp`, and the return stack buffer drifts by one entry per switch; that
-# costs at most one mispredicted `ret` later, when it wraps.
-#
+# How a switch returns, and why it does not pay a mispredict. A switch is
+# entered by a `call` and must continue at the *other* context's resume
+# address. The CPU predicts `ret` targets with a return stack buffer (RSB):
+# the address pushed by the matching `call`. The RSB top at the end of a
+# switch is the address pushed by *this* side's `call smarm_switch`; the
+# actual target is where the *other* side called it from.
+#   - If both sides call the switch from different places (a bare ping-pong
+#     between a main loop and a coroutine), a `ret` mispredicts every time
+#     (about 14 ns instead of about 3 ns per switch on our machines). Ending
+#     with `pop; jmp` avoids that mispredict, but leaves the RSB one entry
+#     off per switch, so every later `ret` of the resumed code mispredicts.
+#   - smarm's scheduler switches from actor to actor from ONE call site
+#     (`switch_away` in src/scheduler.rs): the resumed actor was suspended
+#     by that same `call`, so the RSB top IS the right target and `ret` is
+#     predicted, and the RSB stays balanced for the returns that follow.
+#     Measured on our machines, the `ret` ending makes a yield between two
+#     actors about 1.5x faster than the `jmp` ending.
+# So `smarm_switch` ends in `ret`. `smarm_switch_jmp` ends in `pop; jmp`; it
+# exists for the bench that measures the raw floor of a two-site ping-pong
+# (`switch/raw_floor`), where it is the faster of the two.
+
 # ============================================================================
 # A suspended context
 # ============================================================================
@@ -42,7 +53,7 @@
 # (addresses grow upwards; each row is 8 bytes):
 #
 #        +------------------------------+
-#  sp+56 | resume address               |  <- pushed by the `call smarm_switch`
+#  sp+56 | resume address               |  <- pushed by the `call` of the switch
 #  sp+48 | rbp                          |
 #  sp+40 | rbx                          |
 #  sp+32 | r12                          |
@@ -104,7 +115,7 @@
 #         of the `smarm_switch` call that suspended that context (a fresh
 #         context ignores it)
 #
-# Clobbers: rax, rcx, r8 (all caller-saved). Preserves everything the
+# Clobbers: rax, r8 (caller-saved). Preserves everything the
 # ABI makes callee-saved, as described above.
 # ----------------------------------------------------------------------------
     .globl smarm_switch
@@ -131,6 +142,73 @@ smarm_switch:
     mov r8, [rsp]                   # r8 = old MXCSR | old CW << 32 (+ pad)
     mov [rdi], rsp                  # publish the suspended context's sp
     mov rsp, rsi                    # --- now on the new context's stack ---
+                                    # (the CFI above describes the pushes of
+                                    # the old stack only; nothing unwinds
+                                    # through a switch: it calls nothing)
+    xor r8, [rsp]                   # r8 = bits that differ, old vs new
+    test r8d, 0xFFC0                # do the MXCSR control bits (6-15) differ?
+    jz 2f                           # no: skip the expensive load
+    ldmxcsr [rsp]                   # yes: load the new MXCSR
+2:
+    shr r8, 32                      # r8w = x87 CW difference (pad bytes above
+    test r8w, r8w                   #   bit 47 are never compared)
+    jz 3f                           # same control word: skip the load
+    fldcw [rsp + 4]                 # differs: load the new x87 control word
+3:
+    add rsp, 8                      # pop the FP slot
+    pop r15                         # restore callee-saved registers
+    pop r14
+    pop r13
+    pop r12
+    pop rbx
+    pop rbp
+    mov rax, rdx                    # hand `arg` over as the return value
+    ret                             # resume (predicted: see the essay)
+    .cfi_endproc
+    .size smarm_switch, .-smarm_switch
+
+# ----------------------------------------------------------------------------
+# smarm_switch_jmp(save: *mut *mut u8, to: *mut u8, arg: usize) -> usize
+#
+# Same contract and frame as smarm_switch, but ends in `pop rcx; jmp rcx`
+# (see the essay). Used only to measure the raw switch floor.
+#
+#   rdi = where to store the current context's saved sp
+#   rsi = the saved sp of the context to resume
+#   rdx = a word handed to the resumed context; it is the return value (rax)
+#         of the `smarm_switch_jmp` call that suspended that context (a fresh
+#         context ignores it)
+#
+# Clobbers: rax, rcx, r8 (all caller-saved). Preserves everything the
+# ABI makes callee-saved, as described above.
+# ----------------------------------------------------------------------------
+    .globl smarm_switch_jmp
+    .type smarm_switch_jmp,@function
+    .p2align 4
+smarm_switch_jmp:
+    .cfi_startproc
+    push rbp                        # save callee-saved registers ...
+    .cfi_adjust_cfa_offset 8
+    push rbx
+    .cfi_adjust_cfa_offset 8
+    push r12
+    .cfi_adjust_cfa_offset 8
+    push r13
+    .cfi_adjust_cfa_offset 8
+    push r14
+    .cfi_adjust_cfa_offset 8
+    push r15
+    .cfi_adjust_cfa_offset 8
+    sub rsp, 8                      # ... and room for MXCSR + x87 CW
+    .cfi_adjust_cfa_offset 8
+    stmxcsr [rsp]                   # save MXCSR (control + status bits)
+    fnstcw [rsp + 4]                # save the x87 control word
+    mov r8, [rsp]                   # r8 = old MXCSR | old CW << 32 (+ pad)
+    mov [rdi], rsp                  # publish the suspended context's sp
+    mov rsp, rsi                    # --- now on the new context's stack ---
+                                    # (the CFI above describes the pushes of
+                                    # the old stack only; nothing unwinds
+                                    # through a switch: it calls nothing)
     xor r8, [rsp]                   # r8 = bits that differ, old vs new
     test r8d, 0xFFC0                # do the MXCSR control bits (6-15) differ?
     jz 2f                           # no: skip the expensive load
@@ -153,7 +231,7 @@ smarm_switch:
     mov rax, rdx                    # hand `arg` over as the return value
     jmp rcx                         # resume (a jmp, not a ret: see the essay)
     .cfi_endproc
-    .size smarm_switch, .-smarm_switch
+    .size smarm_switch_jmp, .-smarm_switch_jmp
 
 # ----------------------------------------------------------------------------
 # smarm_trampoline: first code a fresh context runs (see the essay).

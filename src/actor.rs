@@ -9,7 +9,7 @@ use std::ptr;
 use std::sync::atomic::Ordering;
 
 use crate::cell::{
-    self, ActorCell, BodyVTable, DONE, JOIN_WAITING, OUT_PANIC, OUT_TAKEN, OUT_VALUE, QUEUED,
+    self, ActorCell, BodyVTable, ACTIVE, DONE, JOIN_WAITING, OUT_PANIC, OUT_TAKEN, OUT_VALUE,
     ST_MASK,
 };
 use crate::channel::Sender;
@@ -317,14 +317,14 @@ where
         *c.supervisor.get() = supervisor;
     }
     c.refs.store(2, Ordering::Relaxed); // the actor's life + the JoinHandle
-    c.state.store(QUEUED, Ordering::Release);
+    c.state.store(ACTIVE, Ordering::Release);
     let h = JoinHandle {
         cell: c,
         _t: PhantomData,
     };
     if sh.shutdown.load(Ordering::Acquire) {
         // No new actors start once shutdown began: finish it as killed.
-        c.state.store(QUEUED | cell::KILL, Ordering::Release);
+        c.state.store(ACTIVE | cell::KILL, Ordering::Release);
     }
     scheduler::schedule_new(sh, c);
     h

@@ -20,21 +20,21 @@
 //!
 //! | bits | meaning |
 //! |------|---------|
-//! | 0-2  | `FREE`, `QUEUED` (in a run queue, not running), `RUNNING` (on a CPU, or being switched away from), `PARKED` (suspended until unparked), `DONE` |
+//! | 0-2  | `FREE`, `ACTIVE` (in a run queue, running, or being switched away from), `PARKED` (suspended until unparked), `DONE` |
 //! | 3    | `NOTIFIED`: the wake-up token (see `park.rs`) |
 //! | 4    | `KILL`: kill requested |
 //! | 5    | `JOIN_WAITING`: `joiner` holds the waker of a joiner |
 //!
-//! Transitions (who performs each):
-//! - spawn: `FREE -> QUEUED` (the spawner, before publishing the cell);
-//! - a scheduler thread picks it: `QUEUED -> RUNNING`;
-//! - yield: `RUNNING -> QUEUED` (the context switched to, once the actor's
-//!   stack is no longer in use; see `scheduler.rs`);
-//! - park: `RUNNING -> PARKED` likewise after the switch, unless `NOTIFIED`
-//!   was set meanwhile (then the token is consumed and it is re-queued);
-//! - unpark: `PARKED -> QUEUED` and enqueue (whoever wins the CAS), or set
-//!   `NOTIFIED` on a `RUNNING`/`QUEUED` actor;
-//! - exit: `RUNNING -> DONE` after the switch away from its stack.
+//! Queued and running are one state, `ACTIVE`, on purpose: nobody but the
+//! thread that runs an actor needs to tell them apart, so picking an actor
+//! and yielding touch no shared word at all. Transitions (who performs each):
+//! - spawn: `FREE -> ACTIVE` (the spawner, before publishing the cell);
+//! - park: `ACTIVE -> PARKED` by the context switched to, once the actor's
+//!   stack is no longer in use (see `scheduler.rs`), unless `NOTIFIED` was
+//!   set meanwhile (then the token is consumed and it is re-queued);
+//! - unpark: `PARKED -> ACTIVE` and enqueue (whoever wins the CAS), or set
+//!   `NOTIFIED` on an `ACTIVE` actor;
+//! - exit: `ACTIVE -> DONE` after the switch away from its stack.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell, UnsafeCell};
@@ -50,8 +50,7 @@ use crate::stack::Stack;
 
 pub(crate) const ST_MASK: u32 = 0b111;
 pub(crate) const FREE: u32 = 0;
-pub(crate) const QUEUED: u32 = 1;
-pub(crate) const RUNNING: u32 = 2;
+pub(crate) const ACTIVE: u32 = 1;
 pub(crate) const PARKED: u32 = 3;
 pub(crate) const DONE: u32 = 4;
 pub(crate) const NOTIFIED: u32 = 1 << 3;

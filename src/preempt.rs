@@ -164,7 +164,7 @@ fn slow_check(reset_alloc: bool) {
         }
         now.wrapping_sub(start) >= s.timeslice.get()
     });
-    if expired && !std::thread::panicking() && crate::scheduler::in_actor() {
+    if expired && !std::thread::panicking() && crate::scheduler::may_preempt() {
         crate::scheduler::preempt_actor();
     }
 }

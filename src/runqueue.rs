@@ -51,11 +51,15 @@ pub(crate) struct LocalQueue {
     _pad: [u8; 60],
     tail: AtomicU32,
     buf: Box<[AtomicPtr<ActorCell>]>,
+    /// False on a one-thread runtime: nobody steals, so the owner's pop
+    /// needs no CAS.
+    stealable: bool,
 }
 
 impl LocalQueue {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(stealable: bool) -> Self {
         LocalQueue {
+            stealable,
             head: AtomicU32::new(0),
             _pad: [0; 60],
             tail: AtomicU32::new(0),
@@ -117,6 +121,16 @@ impl LocalQueue {
     /// Pops from the front. Owner only.
     #[inline]
     pub(crate) fn pop(&self) -> Option<Task> {
+        if !self.stealable {
+            // Only the owner touches `head`: a plain read-then-write.
+            let h = self.head.load(Ordering::Relaxed);
+            if h == self.tail.load(Ordering::Relaxed) {
+                return None;
+            }
+            let task = self.buf[(h & MASK) as usize].load(Ordering::Relaxed);
+            self.head.store(h.wrapping_add(1), Ordering::Release);
+            return Some(task);
+        }
         let mut h = self.head.load(Ordering::Acquire);
         loop {
             let t = self.tail.load(Ordering::Relaxed);

@@ -63,7 +63,7 @@ use std::time::{Duration, Instant};
 
 use crate::arch;
 use crate::cell::{
-    self, ActorCell, ActorRef, DONE, JOIN_WAITING, KILL, NOTIFIED, PARKED, QUEUED, RUNNING, ST_MASK,
+    self, ActorCell, ActorRef, ACTIVE, DONE, JOIN_WAITING, KILL, NOTIFIED, PARKED, ST_MASK,
 };
 use crate::parker::Parker;
 use crate::preempt;
@@ -135,7 +135,7 @@ impl Shared {
         let stack_class = stack::class_for(settings.stack_size)?;
         let workers = (0..settings.threads)
             .map(|_| WorkerShared {
-                queue: LocalQueue::new(),
+                queue: LocalQueue::new(settings.threads > 1),
                 parker: Parker::new(),
                 timers: Mutex::new(TimerHeap::new()),
                 next_deadline: NextDeadline::new(),
@@ -265,6 +265,9 @@ pub(crate) struct Local {
     tick: u32,
     rng: u32,
     searching: bool,
+    /// Set from the moment an actor starts switching away until the next
+    /// context has finished the post-switch action: no preemption then.
+    switching: bool,
     /// Actors preempted in the allocator: they stay on this thread.
     pinned_head: Task,
     pinned_tail: Task,
@@ -539,9 +542,9 @@ pub(crate) fn fire_timers(sh: &Shared, wi: usize, now: u64) -> usize {
 fn prepare(l: &mut Local, t: Task) -> Option<*mut u8> {
     // SAFETY: a queued cell is live (the actor's own reference).
     let c = unsafe { &*t };
-    // QUEUED -> RUNNING keeps the flags (QUEUED + 1 == RUNNING).
-    let s = c.state.fetch_add(RUNNING - QUEUED, Ordering::Acquire);
-    debug_assert_eq!(s & ST_MASK, QUEUED);
+    // Queued and running are the same state (ACTIVE): nothing to publish.
+    let s = c.state.load(Ordering::Acquire);
+    debug_assert_eq!(s & ST_MASK, ACTIVE);
     // SAFETY: only the thread switching the actor in touches `sp`.
     let sp = unsafe { *c.sp.get() };
     if !sp.is_null() {
@@ -599,38 +602,41 @@ fn switch_away(post_kind: fn(Task) -> Post, want_next: bool) {
     // SAFETY: `me` is the running actor's live cell.
     unsafe { (*me).no_preempt.set(preempt::save_count()) };
     let mut next = None;
-    {
-        // Picking and preparing may allocate: no preemption in here. The
-        // guard ends before the switch (it must not span two threads).
-        let _np = preempt::disable();
-        if want_next {
-            while let Some(t) = l.find_next() {
-                if let Some(sp) = prepare(l, t) {
-                    next = Some((t, sp));
-                    break;
-                }
+    // Picking and preparing may allocate: no preemption from here until the
+    // next context has run `finish_switch` (a flag of this worker, not a
+    // no-preempt guard, because it spans the switch).
+    l.switching = true;
+    if want_next {
+        while let Some(t) = l.find_next() {
+            if let Some(sp) = prepare(l, t) {
+                next = Some((t, sp));
+                break;
             }
         }
     }
     // SAFETY: `me` is the running actor: its `sp` slot is ours to write.
     let save = unsafe { (*me).sp.get() };
     l.post = post_kind(me);
-    match next {
+    let to = match next {
         Some((t, sp)) => {
             l.found_work();
             l.current = t;
-            // SAFETY: `sp` is the saved context of `t`, which this thread
-            // now owns (state RUNNING); our own stack stays valid until we
-            // are resumed (the post action makes us resumable only after
-            // the switch).
-            unsafe { arch::switch(save, sp, 0) };
+            sp
         }
         None => {
             l.current = ptr::null();
-            // SAFETY: the scheduler context is suspended in `run_actor`.
-            unsafe { arch::switch(save, l.sched_sp, 0) };
+            l.sched_sp
         }
-    }
+    };
+    // One call site for every actor-to-actor switch: the resumed actor was
+    // suspended by this very call, so the `ret` that ends the switch is
+    // predicted (see the essay in asm/x86_64.s).
+    // SAFETY: `to` is the saved context of the actor this thread just
+    // popped from a queue (so no other thread resumes it), or of the
+    // scheduler context, suspended in `run_actor`. Our own stack stays valid
+    // until we are resumed: the post action makes us resumable only after
+    // the switch has saved us.
+    unsafe { arch::switch(save, to, 0) };
     finish_switch();
 }
 
@@ -641,14 +647,12 @@ pub(crate) fn finish_switch() {
     let lp = local();
     // SAFETY: we are on a worker thread (only workers switch).
     let l = unsafe { &mut *lp };
-    let np = preempt::disable();
     let post = std::mem::replace(&mut l.post, Post::None);
     match post {
         Post::None => {}
         Post::Yield(t) => {
             // SAFETY: `t` is live (its own reference) and now suspended.
             let c = unsafe { &*t };
-            c.state.fetch_sub(RUNNING - QUEUED, Ordering::Release);
             if c.pinned.get() {
                 l.push_pinned(t);
             } else {
@@ -661,9 +665,9 @@ pub(crate) fn finish_switch() {
             let mut s = c.state.load(Ordering::Relaxed);
             loop {
                 let (new, requeue) = if s & NOTIFIED != 0 {
-                    ((s & !NOTIFIED) - RUNNING + QUEUED, true)
+                    (s & !NOTIFIED, true)
                 } else {
-                    (s - RUNNING + PARKED, false)
+                    (s - ACTIVE + PARKED, false)
                 };
                 // Release: the actor's saved context (written by the switch)
                 // is visible to whoever resumes it after seeing PARKED.
@@ -691,7 +695,7 @@ pub(crate) fn finish_switch() {
             finalize(l, c);
         }
     }
-    drop(np);
+    l.switching = false;
     if l.current.is_null() {
         preempt::leave_actor();
     } else {
@@ -782,6 +786,7 @@ pub(crate) fn worker_main(shared: Arc<Shared>, index: usize) {
         tick: 0,
         rng: 0x9E37_79B9 ^ (index as u32 + 1).wrapping_mul(0x85EB_CA6B),
         searching: false,
+        switching: false,
         pinned_head: ptr::null(),
         pinned_tail: ptr::null(),
         spawned: 0,
@@ -883,6 +888,15 @@ pub(crate) fn in_actor() -> bool {
     !l.is_null() && unsafe { !(*l).current.is_null() }
 }
 
+/// True when an involuntary yield may happen here: in an actor, outside
+/// the scheduler's own switching code.
+#[inline]
+pub(crate) fn may_preempt() -> bool {
+    let l = local_fast();
+    // SAFETY: a non-null LOCAL is this thread's live worker state.
+    !l.is_null() && unsafe { !(*l).current.is_null() && !(*l).switching }
+}
+
 /// The running actor's cell, if any.
 #[inline]
 pub(crate) fn current_cell() -> Option<&'static ActorCell> {
@@ -925,7 +939,7 @@ pub(crate) fn enter(sh: *const Shared) -> impl Drop {
     Guard(ENTERED.with(|e| e.replace(sh)))
 }
 
-/// Publishes a freshly spawned actor (state QUEUED, refs set) on `sh`.
+/// Publishes a freshly spawned actor (state ACTIVE, refs set) on `sh`.
 pub(crate) fn schedule_new(sh: &Shared, c: &'static ActorCell) {
     let l = local_fast();
     // SAFETY: a non-null LOCAL is this thread's live worker state; no other
@@ -949,8 +963,8 @@ pub(crate) fn unpark_cell(c: &ActorCell) {
             return;
         }
         let (new, wake) = match s & ST_MASK {
-            PARKED => (s - PARKED + QUEUED, true),
-            RUNNING | QUEUED => (s | NOTIFIED, false),
+            PARKED => (s - PARKED + ACTIVE, true),
+            ACTIVE => (s | NOTIFIED, false),
             _ => return,
         };
         match c
@@ -1182,7 +1196,7 @@ pub(crate) fn shutdown(
     }
     let mut stuck = Vec::new();
     cell::for_each_live(|c| {
-        if ptr::eq(c.runtime.get(), me) && c.state.load(Ordering::Acquire) & ST_MASK == RUNNING {
+        if ptr::eq(c.runtime.get(), me) && c.state.load(Ordering::Acquire) & ST_MASK == ACTIVE {
             stuck.push(c.pid());
         }
     });

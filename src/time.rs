@@ -44,7 +44,7 @@ pub fn raw_switch_pingpong(n: u64) -> Duration {
         let p = unsafe { &mut *(arg as *mut Pair) };
         loop {
             // SAFETY: main_sp is the suspended main context.
-            unsafe { arch::switch(&mut p.co_sp, p.main_sp, 0) };
+            unsafe { arch::switch_jmp(&mut p.co_sp, p.main_sp, 0) };
         }
     }
     let stack = crate::stack::class_for(64 * 1024)
@@ -60,7 +60,7 @@ pub fn raw_switch_pingpong(n: u64) -> Duration {
     let t = Instant::now();
     for _ in 0..pair.n {
         // SAFETY: co_sp is the suspended coroutine context.
-        unsafe { arch::switch(&mut pair.main_sp, pair.co_sp, 0) };
+        unsafe { arch::switch_jmp(&mut pair.main_sp, pair.co_sp, 0) };
     }
     let el = t.elapsed();
     crate::stack::free(stack);

@@ -2,7 +2,8 @@
 //!
 //! | routine               | takes                         | clobbers             |
 //! |-----------------------|-------------------------------|----------------------|
-//! | `smarm_switch`        | rdi = save slot, rsi = new sp, rdx = arg | rax, rcx, r8 + everything a call clobbers |
+//! | `smarm_switch`        | rdi = save slot, rsi = new sp, rdx = arg | rax, r8 + everything a call clobbers |
+//! | `smarm_switch_jmp`    | as `smarm_switch` (ends in a `jmp`; raw-floor bench only) | rax, rcx, r8 + everything a call clobbers |
 //! | `smarm_trampoline`    | (jumped to) rbx = arg, r12 = entry       | never returns        |
 //! | `smarm_call_on_stack` | rdi = arg, rsi = fn, rdx = stack top     | what a call clobbers |
 //!
@@ -14,6 +15,7 @@ global_asm!(include_str!("../../asm/x86_64.s"));
 
 extern "C" {
     fn smarm_switch(save: *mut *mut u8, to: *mut u8, arg: usize) -> usize;
+    fn smarm_switch_jmp(save: *mut *mut u8, to: *mut u8, arg: usize) -> usize;
     fn smarm_trampoline();
     fn smarm_call_on_stack(arg: *mut u8, f: unsafe extern "C" fn(*mut u8), top: *mut u8);
 }
@@ -67,6 +69,17 @@ pub(crate) unsafe fn init_stack(
 pub(crate) unsafe fn switch(save: *mut *mut u8, to: *mut u8, arg: usize) -> usize {
     // SAFETY: forwarded contract; the routine preserves all callee-saved state.
     unsafe { smarm_switch(save, to, arg) }
+}
+
+/// [`switch`] ending in `pop; jmp` instead of `ret`: the faster of the two
+/// for a ping-pong between two different call sites (the raw floor).
+///
+/// # Safety
+/// As [`switch`].
+#[inline(always)]
+pub(crate) unsafe fn switch_jmp(save: *mut *mut u8, to: *mut u8, arg: usize) -> usize {
+    // SAFETY: forwarded contract.
+    unsafe { smarm_switch_jmp(save, to, arg) }
 }
 
 /// Runs `f(arg)` on the stack whose top is `top`, then returns.
