@@ -27,10 +27,17 @@ fn alloc_hook(c: &mut Criterion) {
     let mut g = c.benchmark_group("alloc_hook");
     // A timeslice long enough that the work is never preempted: this
     // measures the counting path and the TSC reads, not switching.
-    let on = runtime::init(Config::default().threads(1).alloc_interval(128).timeslice_cycles(u64::MAX / 2));
+    let on = runtime::init(
+        Config::default()
+            .threads(1)
+            .alloc_interval(128)
+            .timeslice_cycles(u64::MAX / 2),
+    );
     let off = runtime::init(Config::default().threads(1).alloc_interval(0));
     for (name, rt) in [("hook_on", &on), ("hook_off", &off)] {
-        g.bench_function(name, |b| b.iter(|| rt.block_on(|| black_box(alloc_work(100_000)))));
+        g.bench_function(name, |b| {
+            b.iter(|| rt.block_on(|| black_box(alloc_work(100_000))))
+        });
     }
     g.finish();
 }
@@ -53,8 +60,12 @@ fn spin_loop(rt: &Runtime, iters: u64, with_check: bool) -> Duration {
 fn check(c: &mut Criterion) {
     let mut g = c.benchmark_group("check");
     let rt = runtime::init(Config::default().threads(1).timeslice_cycles(u64::MAX / 2));
-    g.bench_function("with_check", |b| b.iter_custom(|iters| spin_loop(&rt, iters, true)));
-    g.bench_function("without_check", |b| b.iter_custom(|iters| spin_loop(&rt, iters, false)));
+    g.bench_function("with_check", |b| {
+        b.iter_custom(|iters| spin_loop(&rt, iters, true))
+    });
+    g.bench_function("without_check", |b| {
+        b.iter_custom(|iters| spin_loop(&rt, iters, false))
+    });
     g.finish();
 }
 

@@ -27,10 +27,11 @@
 //! `LOCAL_CAP / 2` actors).
 //!
 //! # The injector
-//! An intrusive FIFO list of cells (linked through `ActorCell::next`) behind a
-//! mutex, with an atomic length so that empty checks take no lock. Used for
-//! actors spawned or woken from outside the runtime's threads, and overflow.
+//! A ring of cell pointers behind a mutex, with an atomic length so that
+//! empty checks take no lock. Used for actors spawned or woken from outside
+//! the runtime's threads, and for local-queue overflow.
 
+use std::collections::VecDeque;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -194,26 +195,25 @@ impl LocalQueue {
 }
 
 /// The runtime's global queue. Any thread may push or pop.
+///
+/// A ring of cell pointers behind a mutex (its storage grows to the largest
+/// backlog seen and is then reused: no allocation in steady state). Moving
+/// actors in and out never touches their cells, which matters when a burst
+/// of spawns overflows a local queue with thousands of cold cells.
 pub(crate) struct Injector {
     len: AtomicUsize,
-    list: Mutex<List>,
+    queue: Mutex<VecDeque<SendTask>>,
 }
 
-struct List {
-    head: Task,
-    tail: Task,
-}
-// SAFETY: the list only links cells, which are Sync; the mutex orders access.
-unsafe impl Send for List {}
+struct SendTask(Task);
+// SAFETY: queued cells are Sync; the pointer is only a handle.
+unsafe impl Send for SendTask {}
 
 impl Injector {
     pub(crate) fn new() -> Self {
         Injector {
             len: AtomicUsize::new(0),
-            list: Mutex::new(List {
-                head: ptr::null(),
-                tail: ptr::null(),
-            }),
+            queue: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -228,22 +228,10 @@ impl Injector {
 
     pub(crate) fn push_batch(&self, tasks: impl Iterator<Item = Task>) {
         let _np = crate::preempt::disable();
-        let mut l = self.list.lock().unwrap_or_else(|e| e.into_inner());
-        let mut n = 0;
-        for task in tasks {
-            // SAFETY: queued cells are live (the queue holds the actor's own
-            // reference); `next` is only touched under this lock while queued.
-            unsafe { (*task).next.store(ptr::null_mut(), Ordering::Relaxed) };
-            if l.tail.is_null() {
-                l.head = task;
-            } else {
-                // SAFETY: as above.
-                unsafe { (*l.tail).next.store(task as *mut _, Ordering::Relaxed) };
-            }
-            l.tail = task;
-            n += 1;
-        }
-        self.len.fetch_add(n, Ordering::Release);
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let before = q.len();
+        q.extend(tasks.map(SendTask));
+        self.len.fetch_add(q.len() - before, Ordering::Release);
     }
 
     /// Pops up to `max` tasks: returns the first and pushes the rest into
@@ -257,28 +245,17 @@ impl Injector {
             return None;
         }
         let _np = crate::preempt::disable();
-        let mut l = self.list.lock().unwrap_or_else(|e| e.into_inner());
-        let first = l.head;
-        if first.is_null() {
-            return None;
-        }
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let first = q.pop_front()?.0;
         let mut taken = 1;
-        // SAFETY: see push_batch.
-        let mut cur = unsafe { (*first).next.load(Ordering::Relaxed) } as Task;
-        if let Some((q, inj)) = dst {
-            // Never overflow `q` (its overflow would re-enter this lock).
-            let max = max.min(LOCAL_CAP - q.len() + 1);
-            while taken < max && !cur.is_null() {
-                // SAFETY: see push_batch.
-                let nx = unsafe { (*cur).next.load(Ordering::Relaxed) } as Task;
-                q.push(cur, inj);
-                cur = nx;
+        if let Some((lq, inj)) = dst {
+            // Never overflow `lq` (its overflow would re-enter this lock).
+            let max = max.min(LOCAL_CAP - lq.len() + 1);
+            while taken < max {
+                let Some(t) = q.pop_front() else { break };
+                lq.push(t.0, inj);
                 taken += 1;
             }
-        }
-        l.head = cur;
-        if cur.is_null() {
-            l.tail = ptr::null();
         }
         self.len.fetch_sub(taken, Ordering::Release);
         Some(first)
