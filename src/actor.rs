@@ -354,6 +354,9 @@ pub(crate) fn report_exit(c: &ActorCell) {
 // Join handles
 // ---------------------------------------------------------------------------
 
+/// How long (TSC cycles) a plain thread spins in `join` before it parks.
+const JOIN_SPIN_CYCLES: u64 = 100_000;
+
 /// An owned permission to join an actor (wait for its end and take its
 /// result). Dropping it detaches the actor.
 pub struct JoinHandle<T> {
@@ -405,6 +408,17 @@ impl<T> JoinHandle<T> {
             }
         }
         let _rel = Release(c);
+        if !scheduler::in_actor() {
+            // A plain thread (say, in `block_on`) spins briefly first: the
+            // actor often finishes within microseconds, and waking a parked
+            // thread costs far more than that on virtual machines.
+            let start = crate::preempt::rdtsc();
+            while c.state.load(Ordering::Acquire) & ST_MASK != DONE
+                && crate::preempt::rdtsc().wrapping_sub(start) < JOIN_SPIN_CYCLES
+            {
+                std::hint::spin_loop();
+            }
+        }
         if c.state.load(Ordering::Acquire) & ST_MASK != DONE {
             // SAFETY: JOIN_WAITING is not set yet, so the finishing side does
             // not read `joiner`; we are its only writer.

@@ -77,6 +77,12 @@ const LIFO_MAX: u32 = 32;
 const GLOBAL_INTERVAL: u32 = 61;
 /// Actors moved from the injector to a local queue at a time.
 const INJECT_BATCH: usize = 32;
+/// How long (TSC cycles, ~30-50 µs) a worker that ran out of work keeps
+/// looking before it sleeps. Waking a sleeping thread costs a system call
+/// and, on virtual machines, tens of microseconds of wake-up latency; a
+/// short spin catches the next hand-off (the next `block_on`, a reply from
+/// another thread) without either.
+const SPIN_CYCLES: u64 = 100_000;
 /// An idle worker sleeps at most this long before trimming the stack pool.
 const TRIM_AFTER: Duration = Duration::from_millis(500);
 
@@ -807,6 +813,10 @@ pub(crate) fn worker_main(shared: Arc<Shared>, index: usize) {
         if sh.shutdown.load(Ordering::Acquire) && sh.live() == 0 {
             break;
         }
+        if let Some(t) = spin_for_work(lp) {
+            run_actor(lp, t);
+            continue;
+        }
         idle(lp);
     }
     LOCAL.with(|l| l.set(ptr::null_mut()));
@@ -817,6 +827,38 @@ pub(crate) fn worker_main(shared: Arc<Shared>, index: usize) {
     drop(n);
     // Let the others see that the runtime is empty, too.
     sh.wake_all();
+}
+
+/// Looks for work for up to [`SPIN_CYCLES`] before the worker sleeps. The
+/// spinning worker counts as searching, so pushers do not wake sleepers for
+/// work it is about to take (at most half the workers search at once).
+fn spin_for_work(lp: *mut Local) -> Option<Task> {
+    // SAFETY: lp is this worker's state, no other reference is live.
+    let l = unsafe { &mut *lp };
+    let sh = l.shared();
+    if sh.shutdown.load(Ordering::Acquire) {
+        return None;
+    }
+    if !l.searching {
+        if 2 * sh.num_searching.load(Ordering::SeqCst) >= sh.workers.len().max(2) {
+            return None;
+        }
+        sh.num_searching.fetch_add(1, Ordering::SeqCst);
+        l.searching = true;
+    }
+    let start = preempt::rdtsc();
+    loop {
+        for _ in 0..64 {
+            std::hint::spin_loop();
+        }
+        if let Some(t) = l.find_next() {
+            return Some(t);
+        }
+        if preempt::rdtsc().wrapping_sub(start) > SPIN_CYCLES || sh.shutdown.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+    }
 }
 
 /// Sleeps until there may be work. Runs on the worker's own stack.

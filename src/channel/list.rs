@@ -15,17 +15,20 @@
 //!    allocates the next block *before* its CAS (so no allocation happens
 //!    between claim and publication), then installs it: `tail_block =
 //!    next`, `tail += 1` (skip the gap), `block.next = next`. Write the
-//!    value, set the slot's `WRITE` bit (Release).
+//!    value, set the slot's `written` flag (Release).
 //! 2. Receive: read `head` and `head_block`; if at the gap, spin; if
 //!    `head == tail`, empty. Claim by CAS `head -> head + 1`. The claimer of
 //!    the last slot waits for `block.next`, then moves `head_block` and
-//!    skips the gap. Wait for `WRITE`, read the value.
-//! 3. Freeing a block: each reader sets `READ` on its slot after reading.
-//!    The reader of the last slot walks slots `0..BLOCK_CAP - 1`: if one is
-//!    not yet read it sets `DESTROY` there and leaves; that slot's reader,
-//!    seeing `DESTROY`, continues the walk from the next slot. Whoever
-//!    finishes the walk frees the block, so it is freed exactly once, after
-//!    every slot has been read.
+//!    skips the gap. Wait for `written`, read the value, set `read`.
+//! 3. Freeing a block: the reader of the last slot frees it, after waiting
+//!    for the `read` flag of every other slot. Each of those readers has
+//!    already claimed its slot and is a few instructions (a copy, no
+//!    allocation, so never a preemption point) from setting its flag, so
+//!    the wait is short; it backs off to `yield_now` if the OS descheduled
+//!    that reader. (crossbeam hands the walk over with a `DESTROY` bit
+//!    instead, which costs every reader a read-modify-write; here `written`
+//!    and `read` are plain Release stores, so a message costs one RMW per
+//!    side: the claiming CAS.)
 //!
 //! Positions only grow, so a stale (`index`, `block`) pair read by a
 //! context always fails its CAS: the index is published after the block
@@ -46,13 +49,12 @@ const LAP: usize = 32;
 /// Messages per block (one allocation per this many messages).
 pub(crate) const BLOCK_CAP: usize = LAP - 1;
 
-const WRITE: usize = 1;
-const READ: usize = 2;
-const DESTROY: usize = 4;
-
 struct Slot<T> {
     value: UnsafeCell<MaybeUninit<T>>,
-    state: AtomicUsize,
+    /// Set (Release) by the writer once the value is in place.
+    written: AtomicBool,
+    /// Set (Release) by the reader once the value has been moved out.
+    read: AtomicBool,
 }
 
 struct Block<T> {
@@ -66,7 +68,8 @@ impl<T> Block<T> {
             next: AtomicPtr::new(ptr::null_mut()),
             slots: std::array::from_fn(|_| Slot {
                 value: UnsafeCell::new(MaybeUninit::uninit()),
-                state: AtomicUsize::new(0),
+                written: AtomicBool::new(false),
+                read: AtomicBool::new(false),
             }),
         })
     }
@@ -85,28 +88,33 @@ impl<T> Block<T> {
         }
     }
 
-    /// Frees `this` once every slot from `start` on has been read.
+    /// Waits until every slot but the last has been read, then makes the
+    /// block fresh again (the caller owns it from then on).
     ///
     /// # Safety
-    /// `this` is a live block whose last slot has been read, and the caller
-    /// is the context entitled to continue the walk from `start`.
-    unsafe fn destroy(this: *mut Block<T>, start: usize) {
-        // The last slot is the one whose reader began the walk.
-        for i in start..BLOCK_CAP - 1 {
-            // SAFETY: the block is alive: slot i is unread or being read,
-            // and its reader would free the block only after this walk
-            // hands over to it.
+    /// `this` is a live block whose last slot the caller has read (so every
+    /// slot of it has been claimed by a reader).
+    unsafe fn reclaim(this: *mut Block<T>) {
+        for i in 0..BLOCK_CAP - 1 {
+            // SAFETY: the block is alive until this loop ends: only the
+            // reader of the last slot (the caller) frees it.
             let slot = unsafe { &(*this).slots[i] };
-            // AcqRel: Acquire pairs with the reader's Release `READ`; our
-            // Release hands the rest of the walk to that reader.
-            if slot.state.load(Ordering::Acquire) & READ == 0
-                && slot.state.fetch_or(DESTROY, Ordering::AcqRel) & READ == 0
-            {
-                return;
+            let mut step = 0;
+            // Acquire pairs with the reader's Release store of `read`: its
+            // copy out of the slot happens before the free below.
+            while !slot.read.load(Ordering::Acquire) {
+                backoff(&mut step);
             }
         }
-        // SAFETY: every slot has been read and no one else walks: free.
-        drop(unsafe { Box::from_raw(this) });
+        // SAFETY: every slot has been read and no one else touches the
+        // block any more: it is ours to reset.
+        unsafe {
+            (*this).next.store(ptr::null_mut(), Ordering::Relaxed);
+            for slot in &(*this).slots {
+                slot.written.store(false, Ordering::Relaxed);
+                slot.read.store(false, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -119,6 +127,10 @@ pub(crate) struct Channel<T> {
     head: CachePadded<Position<T>>,
     tail: CachePadded<Position<T>>,
     disconnected: AtomicBool,
+    /// One retired block kept for the next sender that needs one, so a
+    /// steady stream allocates nothing (Acquire/Release swaps hand it over
+    /// with its reset contents).
+    spare: AtomicPtr<Block<T>>,
     /// Receivers blocked on an empty channel (senders never block).
     pub(crate) receivers: Waiters,
 }
@@ -142,7 +154,37 @@ impl<T> Channel<T> {
                 block: AtomicPtr::new(first),
             }),
             disconnected: AtomicBool::new(false),
+            spare: AtomicPtr::new(ptr::null_mut()),
             receivers: Waiters::new(),
+        }
+    }
+
+    /// A fresh block: the spare one if there is one, else a new allocation.
+    fn new_block(&self) -> Box<Block<T>> {
+        let p = self.spare.swap(ptr::null_mut(), Ordering::Acquire);
+        if p.is_null() {
+            Block::new()
+        } else {
+            // SAFETY: the spare block was reset and handed over by `retire`
+            // (Release swap, paired with our Acquire); it is ours now.
+            unsafe { Box::from_raw(p) }
+        }
+    }
+
+    /// Retires a fully read block: keeps it as the spare, or frees it.
+    ///
+    /// # Safety
+    /// As [`Block::reclaim`].
+    unsafe fn retire(&self, block: *mut Block<T>) {
+        // SAFETY: forwarded contract.
+        unsafe { Block::reclaim(block) };
+        if self
+            .spare
+            .compare_exchange(ptr::null_mut(), block, Ordering::Release, Ordering::Relaxed)
+            .is_err()
+        {
+            // SAFETY: the block is ours (reclaimed) and not the spare.
+            drop(unsafe { Box::from_raw(block) });
         }
     }
 
@@ -162,7 +204,7 @@ impl<T> Channel<T> {
                 continue;
             }
             if offset + 1 == BLOCK_CAP && next_block.is_none() {
-                next_block = Some(Block::new());
+                next_block = Some(self.new_block());
             }
             // SeqCst: the publishing half of the lost wake-up pattern.
             match self.tail.index.compare_exchange_weak(
@@ -186,7 +228,7 @@ impl<T> Channel<T> {
                         let slot = &(*block).slots[offset];
                         (*slot.value.get()).write(value);
                         // Release pairs with the reader's Acquire.
-                        slot.state.fetch_or(WRITE, Ordering::Release);
+                        slot.written.store(true, Ordering::Release);
                     }
                     return;
                 }
@@ -245,15 +287,16 @@ impl<T> Channel<T> {
                         }
                         let slot = &(*block).slots[offset];
                         let mut s = 0;
-                        // Acquire pairs with the writer's Release `WRITE`.
-                        while slot.state.load(Ordering::Acquire) & WRITE == 0 {
+                        // Acquire pairs with the writer's Release `written`.
+                        while !slot.written.load(Ordering::Acquire) {
                             backoff(&mut s);
                         }
                         let v = (*slot.value.get()).assume_init_read();
                         if offset + 1 == BLOCK_CAP {
-                            Block::destroy(block, 0);
-                        } else if slot.state.fetch_or(READ, Ordering::AcqRel) & DESTROY != 0 {
-                            Block::destroy(block, offset + 1);
+                            self.retire(block);
+                        } else {
+                            // Release pairs with the destroyer's Acquire.
+                            slot.read.store(true, Ordering::Release);
                         }
                         return Ok(v);
                     }
@@ -355,6 +398,10 @@ impl<T> Drop for Channel<T> {
             }
             if !block.is_null() {
                 drop(Box::from_raw(block));
+            }
+            let spare = *self.spare.get_mut();
+            if !spare.is_null() {
+                drop(Box::from_raw(spare));
             }
         }
     }
