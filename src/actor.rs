@@ -145,17 +145,21 @@ impl<F: FnOnce() -> T + Send + 'static, T: Send + 'static> Body<F, T> {
     unsafe fn run(c: *const ActorCell) -> Result<(), Box<dyn Any + Send>> {
         // SAFETY: called once, with the closure in the payload.
         let f = unsafe { Self::take_closure(c) };
-        let v = catch_unwind(AssertUnwindSafe(f))?;
-        // SAFETY: the payload is free again; write the result in it.
-        unsafe {
-            let p = (*c).payload.get().cast::<u8>();
-            if cell::fits_inline::<T>() {
-                p.cast::<T>().write(v);
-            } else {
-                p.cast::<*mut T>().write(Box::into_raw(Box::new(v)));
+        // The result is written into the payload inside the closure, so it
+        // is not copied through the layers of `catch_unwind` on the actor's
+        // small stack.
+        catch_unwind(AssertUnwindSafe(move || {
+            let v = f();
+            // SAFETY: the payload is free again (the closure was moved out).
+            unsafe {
+                let p = (*c).payload.get().cast::<u8>();
+                if cell::fits_inline::<T>() {
+                    p.cast::<T>().write(v);
+                } else {
+                    p.cast::<*mut T>().write(Box::into_raw(Box::new(v)));
+                }
             }
-        }
-        Ok(())
+        }))
     }
 
     unsafe fn drop_closure(c: *const ActorCell) {

@@ -21,6 +21,9 @@ use std::sync::Once;
 type Hook = Box<dyn Fn(&PanicHookInfo<'_>) + Sync + Send + 'static>;
 
 static INSTALL: Once = Once::new();
+/// Serialises the reports of panics on different scheduler threads, so a
+/// header line and the trace after it stay together.
+static REPORT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Bytes left free below the scheduler context's saved sp (its red zone and
 /// then some).
@@ -50,26 +53,21 @@ fn hook(prev: &'static Hook, info: &PanicHookInfo<'_>) {
         return prev(info);
     };
     let _np = crate::preempt::disable();
+    let _report = REPORT.lock().unwrap_or_else(|e| e.into_inner());
     let thread = std::thread::current();
+    let tname = thread.name().unwrap_or("?");
     // SAFETY: the running actor's name is immutable while it runs.
-    let name = unsafe { c.name() };
+    let line = match unsafe { c.name() } {
+        Some(n) => format!(
+            "smarm: actor {} \"{n}\" panicked (on thread '{tname}'):\n",
+            c.pid()
+        ),
+        None => format!("smarm: actor {} panicked (on thread '{tname}'):\n", c.pid()),
+    };
     {
         use std::io::Write;
-        let mut err = std::io::stderr().lock();
-        let _ = match name {
-            Some(n) => writeln!(
-                err,
-                "smarm: actor {} \"{n}\" panicked (on thread '{}'):",
-                c.pid(),
-                thread.name().unwrap_or("?")
-            ),
-            None => writeln!(
-                err,
-                "smarm: actor {} panicked (on thread '{}'):",
-                c.pid(),
-                thread.name().unwrap_or("?")
-            ),
-        };
+        // One write, so the line is never split by another thread's output.
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }
     match crate::scheduler::sched_stack_top() {
         Some(sp) => {

@@ -533,7 +533,9 @@ pub(crate) fn fire_timers(sh: &Shared, wi: usize, now: u64) -> usize {
     for c in fired {
         // SAFETY: the heap held a reference on `c`; it is ours now.
         let r = ActorRef::from_owned(unsafe { &*c });
-        r.unpark_owned();
+        // To the back of the queue, in deadline order (not the LIFO slot,
+        // which would run the last one fired first).
+        unpark_cell_as(r.0, false);
     }
     n
 }
@@ -997,8 +999,17 @@ pub(crate) fn schedule_new(sh: &Shared, c: &'static ActorCell) {
     }
 }
 
-/// Wakes a parked actor, or leaves its token set (see cell.rs).
+/// Wakes a parked actor, or leaves its token set (see cell.rs). A woken
+/// actor runs next on this thread (the LIFO slot) when this is a worker of
+/// its runtime.
+#[inline]
 pub(crate) fn unpark_cell(c: &ActorCell) {
+    unpark_cell_as(c, true)
+}
+
+/// [`unpark_cell`], choosing whether a woken actor takes the LIFO slot or
+/// goes to the back of the queue.
+pub(crate) fn unpark_cell_as(c: &ActorCell, lifo: bool) {
     let mut s = c.state.load(Ordering::Acquire);
     loop {
         if s & NOTIFIED != 0 {
@@ -1018,7 +1029,7 @@ pub(crate) fn unpark_cell(c: &ActorCell) {
                     // SAFETY: a PARKED actor's cell is live (own reference)
                     // and its runtime outlives it.
                     let sh = unsafe { &*c.runtime.get() };
-                    wake_queued(sh, c);
+                    wake_queued(sh, c, lifo);
                 }
                 return;
             }
@@ -1027,11 +1038,11 @@ pub(crate) fn unpark_cell(c: &ActorCell) {
     }
 }
 
-fn wake_queued(sh: &Shared, c: &ActorCell) {
+fn wake_queued(sh: &Shared, c: &ActorCell, lifo: bool) {
     let l = local_fast();
     // SAFETY: see schedule_new.
     if !l.is_null() && ptr::eq(unsafe { (*l).shared }, sh) {
-        unsafe { (*l).schedule(c, true) };
+        unsafe { (*l).schedule(c, lifo) };
     } else {
         sh.inject(c);
     }
