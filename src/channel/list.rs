@@ -188,6 +188,7 @@ impl<T> Channel<T> {
         }
     }
 
+    #[inline]
     fn push(&self, value: T) {
         let mut step = 0;
         let mut next_block: Option<Box<Block<T>>> = None;
@@ -241,6 +242,7 @@ impl<T> Channel<T> {
         }
     }
 
+    #[inline]
     fn pop(&self) -> Result<T, TryRecvError> {
         let mut step = 0;
         let mut head = self.head.index.load(Ordering::Acquire);
@@ -324,7 +326,19 @@ impl<T> Channel<T> {
         self.pop()
     }
 
+    #[inline]
     pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
+        // Fast path: a queued message needs none of the blocking machinery.
+        match self.pop() {
+            Ok(v) => return Ok(v),
+            Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+            Err(TryRecvError::Empty) => {}
+        }
+        self.recv_slow(deadline)
+    }
+
+    #[inline(never)]
+    fn recv_slow(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
         let r = block_on(&self.receivers, deadline, || match self.pop() {
             Ok(v) => Some(Ok(v)),
             Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),
