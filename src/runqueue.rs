@@ -222,6 +222,12 @@ impl Injector {
         self.len.load(Ordering::Acquire) == 0
     }
 
+    /// Queued actors (a snapshot).
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
     pub(crate) fn push(&self, task: Task) {
         self.push_batch(std::iter::once(task));
     }

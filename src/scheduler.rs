@@ -42,8 +42,12 @@
 //! - yield pushes to the back of the local queue;
 //! - spawned and woken actors go to the LIFO slot (message-passing locality),
 //!   but at most [`LIFO_MAX`] hand-offs in a row run from it;
-//! - every [`GLOBAL_INTERVAL`] ticks the injector is checked first and due
-//!   timers are fired;
+//! - every `global_interval` ticks the injector is checked first and due
+//!   timers are fired; the interval adapts (between [`MIN_GLOBAL_INTERVAL`]
+//!   and [`MAX_GLOBAL_INTERVAL`]) so that the check happens about every
+//!   [`GLOBAL_CHECK_CYCLES`], whether actors run for nanoseconds or for
+//!   tens of microseconds between switches (tokio adapts its interval the
+//!   same way);
 //! - actors preempted inside the allocator stay on their thread (the pinned
 //!   list) and alternate with the local queue.
 //!
@@ -73,10 +77,12 @@ use crate::timer::{NextDeadline, TimerHeap, NEVER};
 
 /// Consecutive hand-offs served from the LIFO slot before the queue is served.
 const LIFO_MAX: u32 = 32;
-/// Every this many ticks the injector and the timers come first.
-const GLOBAL_INTERVAL: u32 = 61;
-/// Actors moved from the injector to a local queue at a time.
-const INJECT_BATCH: usize = 32;
+/// Bounds of the adaptive interval (in ticks) between injector checks.
+const MAX_GLOBAL_INTERVAL: u32 = 61;
+const MIN_GLOBAL_INTERVAL: u32 = 2;
+/// The injector and the timers are checked about this often (TSC cycles,
+/// ~100 µs).
+const GLOBAL_CHECK_CYCLES: u64 = 250_000;
 /// How long (TSC cycles, ~30-50 µs) a worker that ran out of work keeps
 /// looking before it sleeps. Waking a sleeping thread costs a system call
 /// and, on virtual machines, tens of microseconds of wake-up latency; a
@@ -269,6 +275,11 @@ pub(crate) struct Local {
     lifo: Task,
     lifo_streak: u32,
     tick: u32,
+    /// Ticks left before the next injector and timer check.
+    global_countdown: u32,
+    /// The current interval between those checks, and when the last began.
+    global_interval: u32,
+    global_tsc: u64,
     rng: u32,
     searching: bool,
     /// Set from the moment an actor starts switching away until the next
@@ -387,11 +398,13 @@ impl Local {
     fn find_next(&mut self) -> Option<Task> {
         self.tick = self.tick.wrapping_add(1);
         let sh = self.shared();
-        if self.tick % GLOBAL_INTERVAL == 0 {
+        self.global_countdown -= 1;
+        if self.global_countdown == 0 {
+            self.adapt_global_interval();
             self.fire_own_timers();
             if let Some(t) = sh
                 .injector
-                .pop_batch(INJECT_BATCH, Some((&self.me().queue, &sh.injector)))
+                .pop_batch(self.inject_batch(), Some((&self.me().queue, &sh.injector)))
             {
                 if !self.lifo.is_null() {
                     let l = std::mem::replace(&mut self.lifo, ptr::null());
@@ -423,13 +436,36 @@ impl Local {
         self.find_remote()
     }
 
+    /// Re-arms the injector check so that it comes about every
+    /// [`GLOBAL_CHECK_CYCLES`], from the mean tick length since the last one.
+    #[cold]
+    fn adapt_global_interval(&mut self) {
+        let now = preempt::rdtsc();
+        let per_tick = (now.wrapping_sub(self.global_tsc) / self.global_interval as u64).max(1);
+        let want = (GLOBAL_CHECK_CYCLES / per_tick)
+            .clamp(MIN_GLOBAL_INTERVAL as u64, MAX_GLOBAL_INTERVAL as u64)
+            as u32;
+        // Move halfway, so one odd interval does not swing it.
+        self.global_interval = ((self.global_interval + want) / 2).max(MIN_GLOBAL_INTERVAL);
+        self.global_countdown = self.global_interval;
+        self.global_tsc = now;
+    }
+
+    /// How many actors to take from the injector at once: a fair share of
+    /// its backlog (as tokio), at most half a local queue.
+    #[inline]
+    fn inject_batch(&self) -> usize {
+        let sh = self.shared();
+        (sh.injector.len() / sh.workers.len() + 1).min(crate::runqueue::LOCAL_CAP / 2)
+    }
+
     /// The slow part of `find_next`: injector, timers, stealing.
     #[cold]
     fn find_remote(&mut self) -> Option<Task> {
         let sh = self.shared();
         if let Some(t) = sh
             .injector
-            .pop_batch(INJECT_BATCH, Some((&self.me().queue, &sh.injector)))
+            .pop_batch(self.inject_batch(), Some((&self.me().queue, &sh.injector)))
         {
             return Some(t);
         }
@@ -474,7 +510,7 @@ impl Local {
         }
         let sh = self.shared();
         sh.injector
-            .pop_batch(INJECT_BATCH, Some((&self.me().queue, &sh.injector)))
+            .pop_batch(self.inject_batch(), Some((&self.me().queue, &sh.injector)))
     }
 
     /// Called when this worker found work: it stops searching, and if it was
@@ -792,6 +828,9 @@ pub(crate) fn worker_main(shared: Arc<Shared>, index: usize) {
         lifo: ptr::null(),
         lifo_streak: 0,
         tick: 0,
+        global_countdown: MAX_GLOBAL_INTERVAL,
+        global_interval: MAX_GLOBAL_INTERVAL,
+        global_tsc: preempt::rdtsc(),
         rng: 0x9E37_79B9 ^ (index as u32 + 1).wrapping_mul(0x85EB_CA6B),
         searching: false,
         switching: false,
