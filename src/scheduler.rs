@@ -1121,11 +1121,9 @@ pub(crate) fn park_actor(deadline: Option<Instant>) {
         Some(d) => {
             // SAFETY: the running actor's runtime is live.
             let sh = unsafe { &*c.runtime.get() };
-            let at = sh.clock_of(d);
-            if at <= sh.now() {
-                return;
-            }
-            arm_timer(sh, c, at);
+            // A deadline already past is armed all the same (no clock read
+            // here): it is due, so the next timer check fires it.
+            arm_timer(sh, c, sh.clock_of(d));
             true
         }
         None => false,

@@ -35,8 +35,17 @@ use crate::cell::ActorCell;
 pub(crate) const NEVER: u64 = u64::MAX;
 const ARITY: usize = 4;
 
+/// A heap entry: the deadline is kept next to the cell pointer, so that
+/// sifting compares within the heap's own (contiguous, cache-resident)
+/// array instead of chasing each cell.
+#[derive(Clone, Copy)]
+struct Entry {
+    deadline: u64,
+    cell: *const ActorCell,
+}
+
 pub(crate) struct TimerHeap {
-    entries: Vec<*const ActorCell>,
+    entries: Vec<Entry>,
 }
 
 // SAFETY: the heap holds references to cells (which are Sync) and is only
@@ -52,16 +61,15 @@ impl TimerHeap {
 
     #[inline]
     fn deadline(&self, i: usize) -> u64 {
-        // SAFETY: heap entries are live cells (the heap holds a reference),
-        // and their timer slots are guarded by this heap's lock, held.
-        unsafe { (*(*self.entries[i]).timer.get()).deadline }
+        self.entries[i].deadline
     }
 
     #[inline]
-    fn set(&mut self, i: usize, c: *const ActorCell) {
-        self.entries[i] = c;
-        // SAFETY: as in `deadline`.
-        unsafe { (*(*c).timer.get()).pos = i };
+    fn set(&mut self, i: usize, e: Entry) {
+        self.entries[i] = e;
+        // SAFETY: heap entries are live cells (the heap holds a reference),
+        // and their timer slots are guarded by this heap's lock, held.
+        unsafe { (*(*e.cell).timer.get()).pos = i };
     }
 
     /// Earliest deadline, or NEVER.
@@ -77,15 +85,18 @@ impl TimerHeap {
     /// Inserts `c` (whose `timer.deadline` and `timer.owner` are set); the
     /// heap takes over one reference the caller owns.
     pub(crate) fn push(&mut self, c: *const ActorCell) {
-        self.entries.push(c);
+        // SAFETY: the caller set the deadline under this heap's lock.
+        let deadline = unsafe { (*(*c).timer.get()).deadline };
+        let e = Entry { deadline, cell: c };
+        self.entries.push(e);
         let i = self.entries.len() - 1;
-        self.set(i, c);
+        self.set(i, e);
         self.sift_up(i);
     }
 
     /// Removes the entry at `pos`; returns the cell (and its reference).
     pub(crate) fn remove(&mut self, pos: usize) -> *const ActorCell {
-        let c = self.entries[pos];
+        let c = self.entries[pos].cell;
         let last = self.entries.pop().expect("non-empty heap");
         if pos < self.entries.len() {
             self.set(pos, last);
@@ -148,6 +159,9 @@ impl TimerHeap {
     /// Takes every entry out (shutdown).
     pub(crate) fn drain(&mut self) -> Vec<*const ActorCell> {
         std::mem::take(&mut self.entries)
+            .into_iter()
+            .map(|e| e.cell)
+            .collect()
     }
 }
 

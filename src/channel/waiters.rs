@@ -294,11 +294,15 @@ pub(crate) fn block_on<R>(
     let marker = 0u8;
     let id = op_id(&marker);
     let mut unparker: Option<Unparker> = None;
+    let mut parked = false;
     loop {
         if let Some(r) = attempt() {
             return Some(r);
         }
-        if let Some(d) = deadline {
+        // The deadline was computed from the clock just before the first
+        // attempt, so it is only re-read after a park (a zero timeout
+        // still times out: its timer is due at once).
+        if let (Some(d), true) = (deadline, parked) {
             if Instant::now() >= d {
                 if owed {
                     waiters.notify_one();
@@ -315,7 +319,14 @@ pub(crate) fn block_on<R>(
             return Some(r);
         }
         // Unwinds with `Killed` in a killed actor: `reg` forwards then.
-        park_or_timeout(deadline);
+        // No clock read here: a deadline already past makes `park_until`
+        // return at once (thread) or fire at the next timer check (actor),
+        // and the check above then reports the timeout.
+        match deadline {
+            None => park::park(),
+            Some(d) => park::park_until(d),
+        }
+        parked = true;
         owed = reg.finish();
     }
 }
