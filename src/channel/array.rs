@@ -114,6 +114,7 @@ impl<T> Channel<T> {
     }
 
     /// Pushes without waiting and without notifying.
+    #[inline]
     fn push(&self, value: T) -> Result<(), TrySendError<T>> {
         let mut step = 0;
         let mut tail = self.tail.load(Ordering::Relaxed);
@@ -168,6 +169,7 @@ impl<T> Channel<T> {
     }
 
     /// Pops without waiting and without notifying.
+    #[inline]
     fn pop(&self) -> Result<T, TryRecvError> {
         let mut step = 0;
         let mut head = self.head.load(Ordering::Relaxed);
@@ -230,11 +232,25 @@ impl<T> Channel<T> {
         Ok(())
     }
 
+    #[inline]
     pub(crate) fn send(
         &self,
         value: T,
         deadline: Option<Instant>,
     ) -> Result<(), SendTimeoutError<T>> {
+        // Fast path: room in the ring needs none of the blocking machinery.
+        match self.push(value) {
+            Ok(()) => {
+                self.receivers.notify_one();
+                Ok(())
+            }
+            Err(TrySendError::Disconnected(v)) => Err(SendTimeoutError::Disconnected(v)),
+            Err(TrySendError::Full(v)) => self.send_slow(v, deadline),
+        }
+    }
+
+    #[inline(never)]
+    fn send_slow(&self, value: T, deadline: Option<Instant>) -> Result<(), SendTimeoutError<T>> {
         let mut value = Some(value);
         let r = block_on(&self.senders, deadline, || {
             let v = value.take().expect("value present while sending");
@@ -265,7 +281,21 @@ impl<T> Channel<T> {
         Ok(v)
     }
 
+    #[inline]
     pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
+        // Fast path: a queued message needs none of the blocking machinery.
+        match self.pop() {
+            Ok(v) => {
+                self.senders.notify_one();
+                Ok(v)
+            }
+            Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+            Err(TryRecvError::Empty) => self.recv_slow(deadline),
+        }
+    }
+
+    #[inline(never)]
+    fn recv_slow(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
         let r = block_on(&self.receivers, deadline, || match self.pop() {
             Ok(v) => Some(Ok(v)),
             Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),
