@@ -267,3 +267,106 @@ impl Injector {
         Some(first)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The local queue and the injector against a `VecDeque` model: random
+    //! pushes (past capacity, so overflow into the injector happens), pops
+    //! and steals; every task comes out exactly once, in FIFO order per
+    //! source.
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{HashSet, VecDeque};
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push(u8),
+        Pop(u8),
+        Steal,
+        PopInjector(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (1u8..=64).prop_map(Op::Push),
+            3 => (1u8..=64).prop_map(Op::Pop),
+            1 => Just(Op::Steal),
+            1 => (1u8..=40).prop_map(Op::PopInjector),
+        ]
+    }
+
+    /// Fake task pointers: distinct, never dereferenced by the queues.
+    fn task(n: usize) -> Task {
+        (0x1000 + n * 64) as Task
+    }
+
+    proptest! {
+        #[test]
+        fn queues_match_model(ops in proptest::collection::vec(op(), 1..200)) {
+            for stealable in [false, true] {
+                let q = LocalQueue::new(stealable);
+                let thief = LocalQueue::new(true);
+                let inj = Injector::new();
+                let mut next = 0usize;
+                let mut pushed = HashSet::new();
+                let mut seen = HashSet::new();
+                // Model of `q` alone (overflow moves its oldest half out).
+                let mut model: VecDeque<Task> = VecDeque::new();
+                let take = |t: Task, seen: &mut HashSet<usize>| {
+                    assert!(seen.insert(t as usize), "task {t:?} delivered twice");
+                };
+                for op in &ops {
+                    match *op {
+                        Op::Push(n) => for _ in 0..n {
+                            let t = task(next);
+                            next += 1;
+                            pushed.insert(t as usize);
+                            if model.len() == LOCAL_CAP {
+                                // Half plus the new task go to the injector.
+                                for _ in 0..LOCAL_CAP / 2 { model.pop_front(); }
+                                q.push(t, &inj);
+                            } else {
+                                q.push(t, &inj);
+                                model.push_back(t);
+                            }
+                            prop_assert_eq!(q.len(), model.len());
+                        },
+                        Op::Pop(n) => for _ in 0..n {
+                            let got = q.pop();
+                            prop_assert_eq!(got, model.pop_front());
+                            if let Some(t) = got { take(t, &mut seen); }
+                        },
+                        Op::Steal if stealable => {
+                            let before = model.len();
+                            if let Some(t) = q.steal_into(&thief) {
+                                let n = before - before / 2;
+                                prop_assert_eq!(q.len(), before - n);
+                                // The thief took the oldest `n`, in order.
+                                let stolen: Vec<Task> = model.drain(..n).collect();
+                                prop_assert_eq!(t, *stolen.last().unwrap());
+                                take(t, &mut seen);
+                                for s in &stolen[..n - 1] {
+                                    prop_assert_eq!(thief.pop(), Some(*s));
+                                    take(*s, &mut seen);
+                                }
+                                prop_assert_eq!(thief.pop(), None);
+                            } else {
+                                prop_assert_eq!(before, 0);
+                            }
+                        }
+                        Op::Steal => {}
+                        Op::PopInjector(n) => {
+                            if let Some(t) = inj.pop_batch(n as usize, None) {
+                                take(t, &mut seen);
+                            }
+                        }
+                    }
+                }
+                // Drain everything: all tasks delivered exactly once.
+                while let Some(t) = q.pop() { take(t, &mut seen); }
+                while let Some(t) = inj.pop_batch(1, None) { take(t, &mut seen); }
+                prop_assert_eq!(&seen, &pushed);
+            }
+        }
+    }
+}

@@ -181,3 +181,84 @@ impl NextDeadline {
         self.0.store(v, Ordering::Release)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The timer heap against a sorted-list model: random arms, cancels (by
+    //! the position the cell records) and firings of due timers.
+    use super::*;
+    use crate::cell::{self, TimerSlot};
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Arm(u16),
+        Cancel(usize),
+        Fire(u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            5 => any::<u16>().prop_map(|d| Op::Arm(d % 1000)),
+            2 => any::<usize>().prop_map(Op::Cancel),
+            2 => any::<u16>().prop_map(|n| Op::Fire(n % 1000)),
+        ]
+    }
+
+    fn slot(c: *const ActorCell) -> &'static mut TimerSlot {
+        // SAFETY: test cells are used by this test alone.
+        unsafe { &mut *(*c).timer.get() }
+    }
+
+    proptest! {
+        #[test]
+        fn heap_matches_sorted_model(ops in proptest::collection::vec(op(), 1..300)) {
+            let mut heap = TimerHeap::new();
+            // Model: (deadline, cell) sorted by deadline.
+            let mut model: Vec<(u64, *const ActorCell)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Arm(d) => {
+                        let c: *const ActorCell = cell::alloc_cell();
+                        let s = slot(c);
+                        s.deadline = d as u64;
+                        s.owner = 1;
+                        heap.push(c);
+                        model.push((d as u64, c));
+                        model.sort_by_key(|e| e.0);
+                    }
+                    Op::Cancel(i) => {
+                        if model.is_empty() { continue; }
+                        let (_, c) = model.remove(i % model.len());
+                        let pos = slot(c).pos;
+                        let r = heap.remove(pos);
+                        prop_assert_eq!(r, c);
+                        prop_assert_eq!(slot(c).owner, 0);
+                    }
+                    Op::Fire(now) => {
+                        let mut fired = Vec::new();
+                        while let Some(c) = heap.pop_due(now as u64) {
+                            fired.push((slot(c).deadline, c));
+                        }
+                        // Never early, in deadline order, exactly the due ones.
+                        prop_assert!(fired.windows(2).all(|w| w[0].0 <= w[1].0));
+                        prop_assert!(fired.iter().all(|e| e.0 <= now as u64));
+                        let due: Vec<_> = model.iter().copied().filter(|e| e.0 <= now as u64).collect();
+                        model.retain(|e| e.0 > now as u64);
+                        let mut a: Vec<usize> = fired.iter().map(|e| e.1 as usize).collect();
+                        let mut b: Vec<usize> = due.iter().map(|e| e.1 as usize).collect();
+                        a.sort_unstable();
+                        b.sort_unstable();
+                        prop_assert_eq!(a, b);
+                    }
+                }
+                prop_assert_eq!(heap.peek(), model.first().map_or(NEVER, |e| e.0));
+                prop_assert_eq!(heap.entries.len(), model.len());
+                // Every cell records its true position.
+                for (i, e) in heap.entries.iter().enumerate() {
+                    prop_assert_eq!(slot(e.cell).pos, i);
+                }
+            }
+        }
+    }
+}
