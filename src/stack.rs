@@ -46,7 +46,7 @@ const BATCH: usize = 32;
 /// A thread cache holds at most this many stacks per size class.
 const THREAD_CACHE: usize = 2 * BATCH;
 /// The global list keeps at most this many stacks with resident memory.
-pub(crate) const MAX_WARM: usize = 1024;
+pub const MAX_WARM: usize = 1024;
 /// Bytes per arena mapping (rounded to a multiple of the slot size).
 const ARENA_BYTES: usize = 64 << 20;
 /// `madvise` advice numbers not yet in every libc.
@@ -318,9 +318,30 @@ impl Class {
     }
 }
 
+/// Counts of the stack pool (all size classes, global lists only; thread
+/// caches hold at most a few dozen more per thread).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Idle stacks whose memory may be resident.
+    pub warm: usize,
+    /// Idle stacks whose memory was given back to the kernel.
+    pub cold: usize,
+}
+
+/// The stack pool's counts (diagnostics and tests).
+pub fn pool_stats() -> PoolStats {
+    let mut st = PoolStats::default();
+    for c in classes().iter().filter_map(|c| c.get()) {
+        let l = c.lists.lock().unwrap_or_else(|e| e.into_inner());
+        st.warm += l.warm.len();
+        st.cold += l.cold.len();
+    }
+    st
+}
+
 /// Gives back the memory of idle stacks beyond the warm bound, for every
 /// size class. Returns how many stacks were trimmed. Not a hot path.
-pub(crate) fn trim() -> usize {
+pub fn trim() -> usize {
     classes()
         .iter()
         .filter_map(|c| c.get())
