@@ -24,6 +24,8 @@ mod actor;
 mod arch;
 mod cell;
 pub mod channel;
+pub mod io;
+pub mod net;
 mod overflow;
 mod panic;
 pub(crate) mod park;

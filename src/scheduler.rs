@@ -134,6 +134,8 @@ pub(crate) struct Shared {
     exited_workers: Mutex<usize>,
     exited_cv: Condvar,
     pub epoch: Instant,
+    /// The runtime's epoll reactor (see io/reactor.rs).
+    pub(crate) reactor: Arc<crate::io::reactor::Reactor>,
 }
 
 // SAFETY: the raw pointers inside (queues, heaps) are to cells, which are
@@ -169,6 +171,7 @@ impl Shared {
             exited_workers: Mutex::new(0),
             exited_cv: Condvar::new(),
             epoch: Instant::now(),
+            reactor: Arc::new(crate::io::reactor::Reactor::new()?),
         }))
     }
 
@@ -227,14 +230,22 @@ impl Shared {
             // The woken worker starts out searching (counted for it here).
             self.num_searching.fetch_add(1, Ordering::SeqCst);
             drop(idle);
-            self.workers[i].parker.unpark();
+            self.unpark_worker(i);
         }
+    }
+
+    /// Wakes worker `i` from its futex or, if it is the IO driver blocked in
+    /// `epoll_wait`, through the reactor's eventfd.
+    #[inline]
+    pub(crate) fn unpark_worker(&self, i: usize) {
+        self.workers[i].parker.unpark();
+        self.reactor.unpark_driver(i);
     }
 
     /// Wakes every worker (shutdown).
     pub(crate) fn wake_all(&self) {
-        for w in self.workers.iter() {
-            w.parker.unpark();
+        for i in 0..self.workers.len() {
+            self.unpark_worker(i);
         }
     }
 
@@ -402,6 +413,8 @@ impl Local {
         if self.global_countdown == 0 {
             self.adapt_global_interval();
             self.fire_own_timers();
+            // Busy workers poll the reactor when no idle worker drives it.
+            sh.reactor.poll_busy();
             if let Some(t) = sh
                 .injector
                 .pop_batch(self.inject_batch(), Some((&self.me().queue, &sh.injector)))
@@ -934,7 +947,25 @@ fn idle(lp: *mut Local) {
             .min(now.saturating_add(TRIM_AFTER.as_nanos() as u64))
             .max(1);
         sh.workers[me].parked_until.store(until, Ordering::SeqCst);
-        sh.workers[me].parker.park(timeout);
+        // IO: one idle worker at a time (the driver) waits in epoll_wait
+        // instead of on its futex; it re-checks for work after announcing
+        // itself, and sleeps until the (re-read) earliest deadline.
+        let drove = sh.reactor.park_driver(
+            me,
+            || {
+                let now = sh.now();
+                if sh.has_work(now) || sh.shutdown.load(Ordering::Acquire) && sh.live() == 0 {
+                    return None;
+                }
+                let d = Duration::from_nanos(sh.earliest_deadline().saturating_sub(now));
+                Some(timeout.map(|t| t.min(d)))
+            },
+            // Events: wake another idle worker to take over the driver slot.
+            || sh.notify_one(),
+        );
+        if !drove {
+            sh.workers[me].parker.park(timeout);
+        }
         sh.workers[me].parked_until.store(0, Ordering::Relaxed);
         if trim && !sh.has_work(sh.now()) {
             stack::trim();
@@ -1179,7 +1210,7 @@ fn arm_timer(sh: &Shared, c: &'static ActorCell, at: u64) {
         for (i, o) in sh.workers.iter().enumerate() {
             let until = o.parked_until.load(Ordering::SeqCst);
             if i != wi && until != 0 && until > at {
-                o.parker.unpark();
+                sh.unpark_worker(i);
                 break;
             }
         }
