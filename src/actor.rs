@@ -498,7 +498,6 @@ pub fn kill(pid: Pid) {
 }
 
 /// Kills the actor behind a handle (no pid lookup).
-#[allow(dead_code)] // used by supervision
 pub(crate) fn kill_handle<T>(h: &JoinHandle<T>) {
     scheduler::kill_cell(h.cell);
 }
@@ -509,4 +508,11 @@ fn _assert_types() {
     send_sync::<Pid>();
     send_sync::<JoinHandle<u8>>();
     let _ = ptr::null::<u8>();
+}
+
+/// The name of the running actor, if it has one (for diagnostics).
+pub(crate) fn current_name() -> Option<String> {
+    let c = scheduler::current_cell()?;
+    // SAFETY: the running actor's cell is live; its name is immutable.
+    unsafe { c.name() }.map(str::to_owned)
 }

@@ -1,0 +1,146 @@
+//! `spawn_under`: exactly one `Signal` per child, whatever way it ends.
+
+use std::time::Duration;
+
+use smarm::runtime::{self, Config};
+use smarm::{Builder, Killed, Signal, TryRecvError};
+
+fn rt() -> runtime::Runtime {
+    runtime::init(Config::default().threads(2))
+}
+
+/// The one signal that must be waiting, and nothing after it.
+fn only_signal(rx: &smarm::Receiver<Signal>) -> Signal {
+    let s = rx.recv_timeout(Duration::from_secs(10)).expect("a signal");
+    assert!(rx.try_recv().is_err(), "a second signal for one child");
+    s
+}
+
+#[test]
+fn return_sends_exit() {
+    rt().block_on(|| {
+        let (tx, rx) = smarm::channel();
+        let h = smarm::spawn_under(tx, || 7);
+        let pid = h.pid();
+        assert_eq!(h.join().unwrap(), 7);
+        match only_signal(&rx) {
+            Signal::Exit(p) => assert_eq!(p, pid),
+            s => panic!("expected Exit, got {s:?}"),
+        }
+    });
+}
+
+#[test]
+fn panic_sends_its_payload() {
+    rt().block_on(|| {
+        let (tx, rx) = smarm::channel();
+        let h1 = smarm::spawn_under(tx.clone(), || panic!("static message"));
+        let h2 = Builder::new()
+            .name("formatter")
+            .spawn_under(tx.clone(), || {
+                let n = std::hint::black_box(42);
+                panic!("formatted {n}")
+            });
+        let h3 = smarm::spawn_under(tx, || std::panic::panic_any(1234u32));
+        let pids = [h1.pid(), h2.pid(), h3.pid()];
+        assert!(h1.join().is_err() && h2.join().is_err() && h3.join().is_err());
+        let mut got = 0;
+        for _ in 0..3 {
+            match rx.recv_timeout(Duration::from_secs(10)).expect("a signal") {
+                Signal::Panic(p, payload) if p == pids[0] => {
+                    assert_eq!(*payload.downcast::<&str>().unwrap(), "static message");
+                    got |= 1;
+                }
+                Signal::Panic(p, payload) if p == pids[1] => {
+                    assert_eq!(*payload.downcast::<String>().unwrap(), "formatted 42");
+                    got |= 2;
+                }
+                Signal::Panic(p, payload) if p == pids[2] => {
+                    assert_eq!(
+                        *payload.downcast::<u32>().unwrap(),
+                        1234,
+                        "the supervisor gets the original payload"
+                    );
+                    got |= 4;
+                }
+                s => panic!("unexpected {s:?}"),
+            }
+        }
+        assert_eq!(got, 7);
+        assert!(matches!(rx.try_recv(), Err(TryRecvError::Disconnected)));
+    });
+}
+
+#[test]
+fn kill_sends_killed() {
+    rt().block_on(|| {
+        let (tx, rx) = smarm::channel();
+        let h = smarm::spawn_under(tx, || loop {
+            smarm::sleep(Duration::from_millis(5));
+        });
+        let pid = h.pid();
+        smarm::sleep(Duration::from_millis(20));
+        smarm::kill(pid);
+        assert!(h.join().unwrap_err().is::<Killed>());
+        match only_signal(&rx) {
+            Signal::Panic(p, payload) => {
+                assert_eq!(p, pid);
+                assert!(payload.is::<Killed>());
+            }
+            s => panic!("expected Panic(Killed), got {s:?}"),
+        }
+    });
+}
+
+#[test]
+fn kill_before_first_run_sends_killed() {
+    rt().block_on(|| {
+        let (tx, rx) = smarm::channel();
+        let h = smarm::spawn_under(tx, || {
+            unreachable!("a child killed before it ran must not run")
+        });
+        smarm::kill(h.pid());
+        assert!(h.join().unwrap_err().is::<Killed>());
+        assert!(matches!(only_signal(&rx), Signal::Panic(_, p) if p.is::<Killed>()));
+    });
+}
+
+#[test]
+fn gone_supervisor_channel_is_not_an_error() {
+    rt().block_on(|| {
+        let (tx, rx) = smarm::channel::<Signal>();
+        drop(rx);
+        let ok = smarm::spawn_under(tx.clone(), || 1);
+        let bad = smarm::spawn_under(tx, || -> i32 { panic!("nobody listens") });
+        assert_eq!(ok.join().unwrap(), 1);
+        assert!(bad.join().is_err());
+    });
+}
+
+#[test]
+fn runtime_shutdown_sends_killed() {
+    let rt = rt();
+    let (tx, rx) = smarm::channel();
+    let started = smarm::channel::<()>();
+    let h = rt.block_on(move || {
+        let ready = started.0.clone();
+        let h = smarm::spawn_under(tx, move || {
+            ready.send(()).unwrap();
+            loop {
+                smarm::sleep(Duration::from_secs(1));
+            }
+        });
+        started.1.recv().unwrap();
+        h
+    });
+    let pid = h.pid();
+    drop(rt);
+    assert!(h.join().unwrap_err().is::<Killed>());
+    match only_signal(&rx) {
+        Signal::Panic(p, payload) => {
+            assert_eq!(p, pid);
+            assert!(payload.is::<Killed>());
+        }
+        s => panic!("expected Panic(Killed), got {s:?}"),
+    }
+}
