@@ -117,6 +117,11 @@ pub(crate) struct ActorCell {
     pub kill_delivered: Cell<bool>,
     /// The actor's no-preempt count while it is switched out.
     pub no_preempt: Cell<u32>,
+    /// A panic (or the kill) started unwinding this actor. Only meaningful
+    /// while `std::thread::panicking()` also says so (user code may catch).
+    pub unwinding: Cell<bool>,
+    /// The worker a pinned actor must resume on.
+    pub home: Cell<usize>,
     pub timer: UnsafeCell<TimerSlot>,
     pub supervisor: UnsafeCell<Option<Sender<Signal>>>,
     /// Slab index (immutable).
@@ -157,6 +162,8 @@ impl ActorCell {
             pinned: Cell::new(false),
             kill_delivered: Cell::new(false),
             no_preempt: Cell::new(0),
+            unwinding: Cell::new(false),
+            home: Cell::new(0),
             timer: UnsafeCell::new(TimerSlot {
                 owner: 0,
                 pos: 0,
@@ -254,6 +261,7 @@ unsafe fn recycle(cell: &ActorCell) {
     cell.pinned.set(false);
     cell.kill_delivered.set(false);
     cell.no_preempt.set(0);
+    cell.unwinding.set(false);
     // SAFETY: as above.
     unsafe { *cell.sp.get() = ptr::null_mut() };
     cell.runtime.set(ptr::null());

@@ -53,6 +53,8 @@ fn hook(prev: &'static Hook, info: &PanicHookInfo<'_>) {
         return prev(info);
     };
     let _np = crate::preempt::disable();
+    // The actor is unwinding from now on (until its panic is caught).
+    c.unwinding.set(true);
     let _report = REPORT.lock().unwrap_or_else(|e| e.into_inner());
     let thread = std::thread::current();
     let tname = thread.name().unwrap_or("?");

@@ -205,7 +205,7 @@ pub(crate) struct Injector {
     queue: Mutex<VecDeque<SendTask>>,
 }
 
-struct SendTask(Task);
+pub(crate) struct SendTask(pub(crate) Task);
 // SAFETY: queued cells are Sync; the pointer is only a handle.
 unsafe impl Send for SendTask {}
 

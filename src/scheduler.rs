@@ -71,7 +71,7 @@ use crate::cell::{
 };
 use crate::parker::Parker;
 use crate::preempt;
-use crate::runqueue::{Injector, LocalQueue};
+use crate::runqueue::{Injector, LocalQueue, SendTask};
 use crate::stack;
 use crate::timer::{NextDeadline, TimerHeap, NEVER};
 
@@ -112,6 +112,10 @@ pub(crate) struct WorkerShared {
     /// When this worker, asleep, will wake by itself (NEVER = not before
     /// being woken; 0 = not asleep).
     pub parked_until: AtomicU64,
+    /// Pinned actors woken by other threads, for this worker to run (see
+    /// "Unwinding actors" in LOOM.md), and their number.
+    pub inbox: Mutex<Vec<SendTask>>,
+    pub inbox_len: AtomicUsize,
     /// Actors this worker spawned / finished (owner-written counters).
     pub spawned: AtomicU64,
     pub exited: AtomicU64,
@@ -154,6 +158,8 @@ impl Shared {
                 timers: Mutex::new(TimerHeap::new()),
                 next_deadline: NextDeadline::new(),
                 parked_until: AtomicU64::new(0),
+                inbox: Mutex::new(Vec::new()),
+                inbox_len: AtomicUsize::new(0),
                 spawned: AtomicU64::new(0),
                 exited: AtomicU64::new(0),
             })
@@ -249,9 +255,10 @@ impl Shared {
         }
     }
 
-    /// True if some worker could find something to do.
-    fn has_work(&self, now: u64) -> bool {
+    /// True if worker `me` could find something to do.
+    fn has_work(&self, me: usize, now: u64) -> bool {
         !self.injector.is_empty()
+            || self.workers[me].inbox_len.load(Ordering::Acquire) != 0
             || self
                 .workers
                 .iter()
@@ -393,6 +400,9 @@ impl Local {
     }
 
     fn pop_pinned(&mut self) -> Option<Task> {
+        if self.me().inbox_len.load(Ordering::Acquire) != 0 {
+            self.drain_inbox();
+        }
         let t = self.pinned_head;
         if t.is_null() {
             return None;
@@ -403,6 +413,21 @@ impl Local {
             self.pinned_tail = ptr::null();
         }
         Some(t)
+    }
+
+    /// Moves pinned actors woken by other threads to the pinned list.
+    #[cold]
+    fn drain_inbox(&mut self) {
+        let w = self.me();
+        let woken: Vec<SendTask> = {
+            let _np = preempt::disable();
+            let mut inbox = w.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            w.inbox_len.store(0, Ordering::Release);
+            std::mem::take(&mut *inbox)
+        };
+        for t in woken {
+            self.push_pinned(t.0);
+        }
     }
 
     /// Picks the next actor to run, or None.
@@ -734,7 +759,11 @@ pub(crate) fn finish_switch() {
                 {
                     Ok(_) => {
                         if requeue {
-                            l.schedule(t, false);
+                            if c.pinned.get() {
+                                l.push_pinned(t);
+                            } else {
+                                l.schedule(t, false);
+                            }
                         }
                         break;
                     }
@@ -935,7 +964,7 @@ fn idle(lp: *mut Local) {
     fence(Ordering::SeqCst);
     let now = sh.now();
     let shutting = sh.shutdown.load(Ordering::Acquire);
-    if !(sh.has_work(now) || shutting && sh.live() == 0) {
+    if !(sh.has_work(me, now) || shutting && sh.live() == 0) {
         let deadline = sh.earliest_deadline();
         let mut timeout =
             (deadline != NEVER).then(|| Duration::from_nanos(deadline.saturating_sub(now)));
@@ -954,7 +983,7 @@ fn idle(lp: *mut Local) {
             me,
             || {
                 let now = sh.now();
-                if sh.has_work(now) || sh.shutdown.load(Ordering::Acquire) && sh.live() == 0 {
+                if sh.has_work(me, now) || sh.shutdown.load(Ordering::Acquire) && sh.live() == 0 {
                     return None;
                 }
                 let d = Duration::from_nanos(sh.earliest_deadline().saturating_sub(now));
@@ -967,7 +996,7 @@ fn idle(lp: *mut Local) {
             sh.workers[me].parker.park(timeout);
         }
         sh.workers[me].parked_until.store(0, Ordering::Relaxed);
-        if trim && !sh.has_work(sh.now()) {
+        if trim && !sh.has_work(me, sh.now()) {
             stack::trim();
         }
     }
@@ -1109,6 +1138,9 @@ pub(crate) fn unpark_cell_as(c: &ActorCell, lifo: bool) {
 }
 
 fn wake_queued(sh: &Shared, c: &ActorCell, lifo: bool) {
+    if c.pinned.get() {
+        return wake_pinned(sh, c);
+    }
     let l = local_fast();
     // SAFETY: see schedule_new.
     if !l.is_null() && ptr::eq(unsafe { (*l).shared }, sh) {
@@ -1116,6 +1148,43 @@ fn wake_queued(sh: &Shared, c: &ActorCell, lifo: bool) {
     } else {
         sh.inject(c);
     }
+}
+
+/// Wakes a pinned actor on its home worker (see "Unwinding actors").
+#[cold]
+fn wake_pinned(sh: &Shared, c: &ActorCell) {
+    let home = c.home.get();
+    let l = local_fast();
+    // SAFETY: see schedule_new.
+    if !l.is_null() && ptr::eq(unsafe { (*l).shared }, sh) && unsafe { (*l).index } == home {
+        unsafe { (*l).push_pinned(c) };
+        return;
+    }
+    let w = &sh.workers[home];
+    {
+        let _np = preempt::disable();
+        let mut inbox = w.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        inbox.push(SendTask(c));
+        w.inbox_len.store(inbox.len(), Ordering::Release);
+    }
+    sh.unpark_worker(home);
+}
+
+/// True while the running actor `c` unwinds (from a panic it started or
+/// from its kill). Per actor, not per thread: `std::thread::panicking()`
+/// counts per OS thread, so it also says true for an actor that runs while
+/// another actor of its thread is parked in the middle of an unwind.
+#[inline]
+pub(crate) fn cell_unwinding(c: &ActorCell) -> bool {
+    if !c.unwinding.get() {
+        return false;
+    }
+    if std::thread::panicking() {
+        return true;
+    }
+    // The panic was caught inside the actor: it runs normally again.
+    c.unwinding.set(false);
+    false
 }
 
 /// Requests that `c` be unwound with `Killed` at its next suspension point.
@@ -1127,11 +1196,10 @@ pub(crate) fn kill_cell(c: &ActorCell) {
 /// Unwinds the running actor with `Killed` if it has been killed (once).
 #[inline]
 fn check_kill(c: &ActorCell) {
-    if c.state.load(Ordering::Acquire) & KILL != 0
-        && !c.kill_delivered.get()
-        && !std::thread::panicking()
+    if c.state.load(Ordering::Acquire) & KILL != 0 && !c.kill_delivered.get() && !cell_unwinding(c)
     {
         c.kill_delivered.set(true);
+        c.unwinding.set(true);
         std::panic::resume_unwind(Box::new(crate::actor::Killed));
     }
 }
@@ -1139,7 +1207,7 @@ fn check_kill(c: &ActorCell) {
 /// Parks the running actor (see park.rs), with an optional deadline.
 pub(crate) fn park_actor(deadline: Option<Instant>) {
     let c = current_cell().expect("park_actor outside an actor");
-    c.pinned.set(false);
+    pin_if_unwinding(c);
     // Fast path: the token is already there.
     let s = c.state.load(Ordering::Acquire);
     if s & NOTIFIED != 0 {
@@ -1168,10 +1236,23 @@ pub(crate) fn park_actor(deadline: Option<Instant>) {
     check_kill(c);
 }
 
+/// At a voluntary suspension an actor may move to another thread, unless it
+/// is in the middle of an unwind: std's panic count is per OS thread, so it
+/// must resume on this same thread or the count would be wrong on both (see
+/// "Unwinding actors" in LOOM.md).
+fn pin_if_unwinding(c: &ActorCell) {
+    let unwinding = cell_unwinding(c);
+    if unwinding {
+        // SAFETY: in an actor, LOCAL is this worker's live state.
+        c.home.set(unsafe { (*local_fast()).index });
+    }
+    c.pinned.set(unwinding);
+}
+
 /// Voluntary yield of the running actor.
 pub(crate) fn yield_actor() {
     let c = current_cell().expect("yield outside an actor");
-    c.pinned.set(false);
+    pin_if_unwinding(c);
     switch_away(Post::Yield, true);
     check_kill(c);
 }
@@ -1180,6 +1261,8 @@ pub(crate) fn yield_actor() {
 /// stays on this thread until its next voluntary suspension.
 pub(crate) fn preempt_actor() {
     let c = current_cell().expect("preempt outside an actor");
+    // SAFETY: in an actor, LOCAL is this worker's live state.
+    c.home.set(unsafe { (*local_fast()).index });
     c.pinned.set(true);
     switch_away(Post::Yield, true);
 }
