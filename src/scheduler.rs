@@ -1257,6 +1257,13 @@ pub(crate) fn yield_actor() {
     check_kill(c);
 }
 
+/// True when the running actor has a kill waiting to be delivered.
+pub(crate) fn kill_pending() -> bool {
+    current_cell().is_some_and(|c| {
+        c.state.load(Ordering::Relaxed) & KILL != 0 && !c.kill_delivered.get() && !cell_unwinding(c)
+    })
+}
+
 /// Involuntary yield (timeslice expired at a preemption point): the actor
 /// stays on this thread until its next voluntary suspension.
 pub(crate) fn preempt_actor() {

@@ -597,3 +597,23 @@ fn println_with_allocating_display_unguarded_never_panics() {
     assert!(stdout.contains("PRINTERS_DONE"));
     assert_eq!(stdout.matches("LINE ").count() as u64, PRINTERS * LINES);
 }
+
+/// `check!()` is a suspension point for kills: an actor looping over a
+/// non-allocating computation with `check!()` unwinds with `Killed`.
+#[test]
+fn kill_reaches_a_check_loop() {
+    let rt = runtime::init(Config::default().threads(1).alloc_interval(0));
+    rt.block_on(|| {
+        let h = smarm::spawn(|| {
+            let mut x = 0u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+                smarm::check!();
+            }
+        });
+        smarm::yield_now(); // let it start
+        smarm::kill(h.pid());
+        let e = h.join().unwrap_err();
+        assert!(e.is::<smarm::Killed>());
+    });
+}
