@@ -431,11 +431,16 @@ impl Local {
     }
 
     /// Picks the next actor to run, or None.
-    fn find_next(&mut self) -> Option<Task> {
+    /// `remote`: also look beyond this worker (injector, timers, other
+    /// workers' queues) when nothing is runnable here. A yield passes false:
+    /// a lonely yielding actor just continues, and looks further only at the
+    /// periodic global check.
+    fn find_next(&mut self, remote: bool) -> Option<Task> {
         self.tick = self.tick.wrapping_add(1);
         let sh = self.shared();
         self.global_countdown -= 1;
-        if self.global_countdown == 0 {
+        let global = self.global_countdown == 0;
+        if global {
             self.adapt_global_interval();
             self.fire_own_timers();
             // Busy workers poll the reactor when no idle worker drives it.
@@ -471,7 +476,11 @@ impl Local {
         if let Some(t) = self.pop_pinned() {
             return Some(t);
         }
-        self.find_remote()
+        if remote || global {
+            self.find_remote()
+        } else {
+            None
+        }
     }
 
     /// Re-arms the injector check so that it comes about every
@@ -675,7 +684,7 @@ fn finish_unstarted(l: &mut Local, c: &'static ActorCell, payload: Box<dyn std::
 /// Switches away from the current actor, performing `post` afterwards
 /// (through whoever runs next). Runs on the actor's stack.
 #[inline(never)]
-fn switch_away(post_kind: fn(Task) -> Post, want_next: bool) {
+fn switch_away(post_kind: fn(Task) -> Post, yielding: bool) {
     let lp = local();
     // SAFETY: in an actor, LOCAL is this worker's live state; no other
     // reference to it is active during this call.
@@ -688,13 +697,18 @@ fn switch_away(post_kind: fn(Task) -> Post, want_next: bool) {
     // next context has run `finish_switch` (a flag of this worker, not a
     // no-preempt guard, because it spans the switch).
     l.switching = true;
-    if want_next {
-        while let Some(t) = l.find_next() {
-            if let Some(sp) = prepare(l, t) {
-                next = Some((t, sp));
-                break;
-            }
+    while let Some(t) = l.find_next(!yielding) {
+        if let Some(sp) = prepare(l, t) {
+            next = Some((t, sp));
+            break;
         }
+    }
+    if next.is_none() && yielding {
+        // Nothing else to run here: a yield just goes on (no switch).
+        l.switching = false;
+        // SAFETY: `me` is the running actor's live cell.
+        preempt::enter_actor(unsafe { (*me).no_preempt.get() });
+        return;
     }
     // SAFETY: `me` is the running actor: its `sp` slot is ours to write.
     let save = unsafe { (*me).sp.get() };
@@ -838,7 +852,7 @@ unsafe extern "C" fn actor_entry(arg: usize) -> ! {
         let _np = preempt::disable();
         crate::actor::report_exit(c);
     }
-    switch_away(Post::Exit, true);
+    switch_away(Post::Exit, false);
     unreachable!("a finished actor was resumed");
 }
 
@@ -888,7 +902,7 @@ pub(crate) fn worker_main(shared: Arc<Shared>, index: usize) {
     loop {
         // SAFETY: lp is live for the whole loop; no other reference is held
         // across this statement.
-        let next = unsafe { (*lp).find_next() };
+        let next = unsafe { (*lp).find_next(true) };
         if let Some(t) = next {
             run_actor(lp, t);
             continue;
@@ -934,7 +948,7 @@ fn spin_for_work(lp: *mut Local) -> Option<Task> {
         for _ in 0..64 {
             std::hint::spin_loop();
         }
-        if let Some(t) = l.find_next() {
+        if let Some(t) = l.find_next(true) {
             return Some(t);
         }
         if preempt::rdtsc().wrapping_sub(start) > SPIN_CYCLES || sh.shutdown.load(Ordering::Relaxed)
@@ -996,7 +1010,12 @@ fn idle(lp: *mut Local) {
             sh.workers[me].parker.park(timeout);
         }
         sh.workers[me].parked_until.store(0, Ordering::Relaxed);
-        if trim && !sh.has_work(me, sh.now()) {
+        // Trim only after a whole quiet period, not after any idle wake-up.
+        let woke = sh.now();
+        if trim
+            && woke.saturating_sub(now) >= TRIM_AFTER.as_nanos() as u64
+            && !sh.has_work(me, woke)
+        {
             stack::trim();
         }
     }
@@ -1227,7 +1246,7 @@ pub(crate) fn park_actor(deadline: Option<Instant>) {
         }
         None => false,
     };
-    switch_away(Post::Park, true);
+    switch_away(Post::Park, false);
     // `c` is still our own cell (never re-derive it from a thread-local
     // read made before the switch: we may be on another thread now).
     if armed {

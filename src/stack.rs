@@ -328,8 +328,15 @@ pub struct PoolStats {
     pub cold: usize,
 }
 
-/// The stack pool's counts (diagnostics and tests).
+/// Serialises trims: a trim moves stacks from the warm list to the cold one
+/// outside the lists' lock (its `madvise` calls are slow), so counts are only
+/// consistent between trims.
+static TRIM: Mutex<()> = Mutex::new(());
+
+/// The stack pool's counts (diagnostics and tests); waits for a trim in
+/// progress to finish.
 pub fn pool_stats() -> PoolStats {
+    let _t = TRIM.lock().unwrap_or_else(|e| e.into_inner());
     let mut st = PoolStats::default();
     for c in classes().iter().filter_map(|c| c.get()) {
         let l = c.lists.lock().unwrap_or_else(|e| e.into_inner());
@@ -342,6 +349,7 @@ pub fn pool_stats() -> PoolStats {
 /// Gives back the memory of idle stacks beyond the warm bound, for every
 /// size class. Returns how many stacks were trimmed. Not a hot path.
 pub fn trim() -> usize {
+    let _t = TRIM.lock().unwrap_or_else(|e| e.into_inner());
     classes()
         .iter()
         .filter_map(|c| c.get())
