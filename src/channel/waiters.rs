@@ -105,19 +105,73 @@ struct Entry {
     unparker: Unparker,
 }
 
+/// A FIFO of entries whose oldest one is kept inline: the common case (one
+/// blocked receiver, one blocked sender) never allocates, and a channel
+/// that never has two waiters at once never allocates for waiting.
+/// Invariant: `head` is `None` only when `rest` is empty.
+#[derive(Default)]
+struct WaitList {
+    head: Option<Entry>,
+    rest: VecDeque<Entry>,
+}
+
+impl WaitList {
+    fn is_empty(&self) -> bool {
+        self.head.is_none()
+    }
+
+    fn push_back(&mut self, e: Entry) {
+        if self.head.is_none() {
+            self.head = Some(e);
+        } else {
+            self.rest.push_back(e);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Entry> {
+        let h = self.head.take();
+        self.head = self.rest.pop_front();
+        h
+    }
+
+    /// Removes the entry `id`; true if it was there.
+    fn remove(&mut self, id: usize) -> bool {
+        if self.head.as_ref().is_some_and(|h| h.id == id) {
+            self.head = self.rest.pop_front();
+            return true;
+        }
+        match self.rest.iter().position(|x| x.id == id) {
+            Some(i) => {
+                self.rest.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.head.iter().chain(self.rest.iter())
+    }
+
+    fn take(&mut self) -> impl Iterator<Item = Entry> {
+        let head = self.head.take();
+        head.into_iter().chain(std::mem::take(&mut self.rest))
+    }
+}
+
 /// A FIFO list of blocked operations with a lock-free "anyone here?" flag.
 pub(crate) struct Waiters {
     /// `!entries.is_empty()`, stored under the lock with SeqCst (see the
     /// module docs for the pairing), read without the lock by notifiers.
     nonempty: AtomicBool,
-    entries: SpinLock<VecDeque<Entry>>,
+    entries: SpinLock<WaitList>,
 }
 
 impl Waiters {
     pub(crate) fn new() -> Self {
         Waiters {
             nonempty: AtomicBool::new(false),
-            entries: SpinLock::new(VecDeque::new()),
+            entries: SpinLock::new(WaitList { head: None, rest: VecDeque::new() }),
         }
     }
 
@@ -139,13 +193,7 @@ impl Waiters {
     /// a notifier removed it (the waiter was notified).
     pub(crate) fn unregister(&self, id: usize) -> bool {
         self.entries.lock(|e| {
-            let found = match e.iter().position(|x| x.id == id) {
-                Some(i) => {
-                    e.remove(i);
-                    true
-                }
-                None => false,
-            };
+            let found = e.remove(id);
             self.nonempty.store(!e.is_empty(), Ordering::SeqCst);
             found
         })
@@ -209,9 +257,9 @@ impl Waiters {
         if !self.may_have_waiters() {
             return;
         }
-        let all = self.entries.lock(|e| {
+        let all: Vec<Entry> = self.entries.lock(|e| {
             self.nonempty.store(false, Ordering::SeqCst);
-            std::mem::take(e)
+            e.take().collect()
         });
         for w in all {
             w.unparker.unpark_owned();
