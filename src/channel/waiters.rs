@@ -171,7 +171,10 @@ impl Waiters {
     pub(crate) fn new() -> Self {
         Waiters {
             nonempty: AtomicBool::new(false),
-            entries: SpinLock::new(WaitList { head: None, rest: VecDeque::new() }),
+            entries: SpinLock::new(WaitList {
+                head: None,
+                rest: VecDeque::new(),
+            }),
         }
     }
 
