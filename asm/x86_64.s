@@ -107,6 +107,55 @@
     .text
 
 # ----------------------------------------------------------------------------
+# SWITCH_SAVE_AND_RESTORE: the common body of both switch routines (an
+# assembler macro, so the two cannot drift apart). On entry the registers
+# are as at the call of the switch (rdi, rsi, rdx as described below); on
+# exit the new context's frame has been popped, except its resume address,
+# which is at [rsp]. Uses local labels 2 and 3.
+# ----------------------------------------------------------------------------
+.macro SWITCH_SAVE_AND_RESTORE
+    push rbp                        # save callee-saved registers ...
+    .cfi_adjust_cfa_offset 8
+    push rbx
+    .cfi_adjust_cfa_offset 8
+    push r12
+    .cfi_adjust_cfa_offset 8
+    push r13
+    .cfi_adjust_cfa_offset 8
+    push r14
+    .cfi_adjust_cfa_offset 8
+    push r15
+    .cfi_adjust_cfa_offset 8
+    sub rsp, 8                      # ... and room for MXCSR + x87 CW
+    .cfi_adjust_cfa_offset 8
+    stmxcsr [rsp]                   # save MXCSR (control + status bits)
+    fnstcw [rsp + 4]                # save the x87 control word
+    mov r8, [rsp]                   # r8 = old MXCSR | old CW << 32 (+ pad)
+    mov [rdi], rsp                  # publish the suspended context's sp
+    mov rsp, rsi                    # --- now on the new context's stack ---
+                                    # (the CFI above describes the pushes of
+                                    # the old stack only; nothing unwinds
+                                    # through a switch: it calls nothing)
+    xor r8, [rsp]                   # r8 = bits that differ, old vs new
+    test r8d, 0xFFC0                # do the MXCSR control bits (6-15) differ?
+    jz 2f                           # no: skip the expensive load
+    ldmxcsr [rsp]                   # yes: load the new MXCSR
+2:
+    shr r8, 32                      # r8w = x87 CW difference (pad bytes above
+    test r8w, r8w                   #   bit 47 are never compared)
+    jz 3f                           # same control word: skip the load
+    fldcw [rsp + 4]                 # differs: load the new x87 control word
+3:
+    add rsp, 8                      # pop the FP slot
+    pop r15                         # restore callee-saved registers
+    pop r14
+    pop r13
+    pop r12
+    pop rbx
+    pop rbp
+.endm
+
+# ----------------------------------------------------------------------------
 # smarm_switch(save: *mut *mut u8, to: *mut u8, arg: usize) -> usize
 #
 #   rdi = where to store the current context's saved sp
@@ -123,45 +172,7 @@
     .p2align 4
 smarm_switch:
     .cfi_startproc
-    push rbp                        # save callee-saved registers ...
-    .cfi_adjust_cfa_offset 8
-    push rbx
-    .cfi_adjust_cfa_offset 8
-    push r12
-    .cfi_adjust_cfa_offset 8
-    push r13
-    .cfi_adjust_cfa_offset 8
-    push r14
-    .cfi_adjust_cfa_offset 8
-    push r15
-    .cfi_adjust_cfa_offset 8
-    sub rsp, 8                      # ... and room for MXCSR + x87 CW
-    .cfi_adjust_cfa_offset 8
-    stmxcsr [rsp]                   # save MXCSR (control + status bits)
-    fnstcw [rsp + 4]                # save the x87 control word
-    mov r8, [rsp]                   # r8 = old MXCSR | old CW << 32 (+ pad)
-    mov [rdi], rsp                  # publish the suspended context's sp
-    mov rsp, rsi                    # --- now on the new context's stack ---
-                                    # (the CFI above describes the pushes of
-                                    # the old stack only; nothing unwinds
-                                    # through a switch: it calls nothing)
-    xor r8, [rsp]                   # r8 = bits that differ, old vs new
-    test r8d, 0xFFC0                # do the MXCSR control bits (6-15) differ?
-    jz 2f                           # no: skip the expensive load
-    ldmxcsr [rsp]                   # yes: load the new MXCSR
-2:
-    shr r8, 32                      # r8w = x87 CW difference (pad bytes above
-    test r8w, r8w                   #   bit 47 are never compared)
-    jz 3f                           # same control word: skip the load
-    fldcw [rsp + 4]                 # differs: load the new x87 control word
-3:
-    add rsp, 8                      # pop the FP slot
-    pop r15                         # restore callee-saved registers
-    pop r14
-    pop r13
-    pop r12
-    pop rbx
-    pop rbp
+    SWITCH_SAVE_AND_RESTORE
     mov rax, rdx                    # hand `arg` over as the return value
     ret                             # resume (predicted: see the essay)
     .cfi_endproc
@@ -172,60 +183,14 @@ smarm_switch:
 #
 # Same contract and frame as smarm_switch, but ends in `pop rcx; jmp rcx`
 # (see the essay). Used only to measure the raw switch floor.
-#
-#   rdi = where to store the current context's saved sp
-#   rsi = the saved sp of the context to resume
-#   rdx = a word handed to the resumed context; it is the return value (rax)
-#         of the `smarm_switch_jmp` call that suspended that context (a fresh
-#         context ignores it)
-#
-# Clobbers: rax, rcx, r8 (all caller-saved). Preserves everything the
-# ABI makes callee-saved, as described above.
+# Clobbers: rax, rcx, r8 (all caller-saved).
 # ----------------------------------------------------------------------------
     .globl smarm_switch_jmp
     .type smarm_switch_jmp,@function
     .p2align 4
 smarm_switch_jmp:
     .cfi_startproc
-    push rbp                        # save callee-saved registers ...
-    .cfi_adjust_cfa_offset 8
-    push rbx
-    .cfi_adjust_cfa_offset 8
-    push r12
-    .cfi_adjust_cfa_offset 8
-    push r13
-    .cfi_adjust_cfa_offset 8
-    push r14
-    .cfi_adjust_cfa_offset 8
-    push r15
-    .cfi_adjust_cfa_offset 8
-    sub rsp, 8                      # ... and room for MXCSR + x87 CW
-    .cfi_adjust_cfa_offset 8
-    stmxcsr [rsp]                   # save MXCSR (control + status bits)
-    fnstcw [rsp + 4]                # save the x87 control word
-    mov r8, [rsp]                   # r8 = old MXCSR | old CW << 32 (+ pad)
-    mov [rdi], rsp                  # publish the suspended context's sp
-    mov rsp, rsi                    # --- now on the new context's stack ---
-                                    # (the CFI above describes the pushes of
-                                    # the old stack only; nothing unwinds
-                                    # through a switch: it calls nothing)
-    xor r8, [rsp]                   # r8 = bits that differ, old vs new
-    test r8d, 0xFFC0                # do the MXCSR control bits (6-15) differ?
-    jz 2f                           # no: skip the expensive load
-    ldmxcsr [rsp]                   # yes: load the new MXCSR
-2:
-    shr r8, 32                      # r8w = x87 CW difference (pad bytes above
-    test r8w, r8w                   #   bit 47 are never compared)
-    jz 3f                           # same control word: skip the load
-    fldcw [rsp + 4]                 # differs: load the new x87 control word
-3:
-    add rsp, 8                      # pop the FP slot
-    pop r15                         # restore callee-saved registers
-    pop r14
-    pop r13
-    pop r12
-    pop rbx
-    pop rbp
+    SWITCH_SAVE_AND_RESTORE
     pop rcx                         # rcx = resume address; rsp is now what
                                     # the resumed side had before its call
     mov rax, rdx                    # hand `arg` over as the return value
