@@ -255,6 +255,12 @@ impl Shared {
         }
     }
 
+    /// True if worker `me` must not go to sleep: there may be work for it, or
+    /// the runtime is shutting down and empty (it should leave its loop).
+    fn must_stay_awake(&self, me: usize, now: u64) -> bool {
+        self.has_work(me, now) || self.shutdown.load(Ordering::Acquire) && self.live() == 0
+    }
+
     /// True if worker `me` could find something to do.
     fn has_work(&self, me: usize, now: u64) -> bool {
         !self.injector.is_empty()
@@ -383,6 +389,18 @@ impl Local {
         }
     }
 
+    /// Puts a suspended actor back to run later: on the pinned list if it
+    /// must stay on this thread, else at the back of the local queue.
+    fn requeue(&mut self, t: Task) {
+        // SAFETY: `t` is a live cell (its own reference) that was just
+        // switched away from on this thread.
+        if unsafe { (*t).pinned.get() } {
+            self.push_pinned(t);
+        } else {
+            self.schedule(t, false);
+        }
+    }
+
     fn push_pinned(&mut self, t: Task) {
         // SAFETY: `t` is a live cell owned by this worker while pinned.
         unsafe { (*t).next.store(ptr::null_mut(), Ordering::Relaxed) };
@@ -445,10 +463,7 @@ impl Local {
             self.fire_own_timers();
             // Busy workers poll the reactor when no idle worker drives it.
             sh.reactor.poll_busy();
-            if let Some(t) = sh
-                .injector
-                .pop_batch(self.inject_batch(), Some((&self.me().queue, &sh.injector)))
-            {
+            if let Some(t) = self.pop_injector() {
                 if !self.lifo.is_null() {
                     let l = std::mem::replace(&mut self.lifo, ptr::null());
                     self.me().queue.push(l, &sh.injector);
@@ -498,22 +513,20 @@ impl Local {
         self.global_tsc = now;
     }
 
-    /// How many actors to take from the injector at once: a fair share of
-    /// its backlog (as tokio), at most half a local queue.
+    /// Takes a fair share of the injector's backlog (as tokio), at most half
+    /// a local queue: returns one actor and queues the rest locally.
     #[inline]
-    fn inject_batch(&self) -> usize {
+    fn pop_injector(&self) -> Option<Task> {
         let sh = self.shared();
-        (sh.injector.len() / sh.workers.len() + 1).min(crate::runqueue::LOCAL_CAP / 2)
+        let batch = (sh.injector.len() / sh.workers.len() + 1).min(crate::runqueue::LOCAL_CAP / 2);
+        sh.injector
+            .pop_batch(batch, Some((&self.me().queue, &sh.injector)))
     }
 
     /// The slow part of `find_next`: injector, timers, stealing.
     #[cold]
     fn find_remote(&mut self) -> Option<Task> {
-        let sh = self.shared();
-        if let Some(t) = sh
-            .injector
-            .pop_batch(self.inject_batch(), Some((&self.me().queue, &sh.injector)))
-        {
+        if let Some(t) = self.pop_injector() {
             return Some(t);
         }
         if self.fire_own_timers() {
@@ -555,9 +568,7 @@ impl Local {
                 return Some(t);
             }
         }
-        let sh = self.shared();
-        sh.injector
-            .pop_batch(self.inject_batch(), Some((&self.me().queue, &sh.injector)))
+        self.pop_injector()
     }
 
     /// Called when this worker found work: it stops searching, and if it was
@@ -746,17 +757,9 @@ pub(crate) fn finish_switch() {
     let post = std::mem::replace(&mut l.post, Post::None);
     match post {
         Post::None => {}
-        Post::Yield(t) => {
-            // SAFETY: `t` is live (its own reference) and now suspended.
-            let c = unsafe { &*t };
-            if c.pinned.get() {
-                l.push_pinned(t);
-            } else {
-                l.schedule(t, false);
-            }
-        }
+        Post::Yield(t) => l.requeue(t),
         Post::Park(t) => {
-            // SAFETY: as above.
+            // SAFETY: `t` is live (its own reference) and now suspended.
             let c = unsafe { &*t };
             let mut s = c.state.load(Ordering::Relaxed);
             loop {
@@ -773,11 +776,7 @@ pub(crate) fn finish_switch() {
                 {
                     Ok(_) => {
                         if requeue {
-                            if c.pinned.get() {
-                                l.push_pinned(t);
-                            } else {
-                                l.schedule(t, false);
-                            }
+                            l.requeue(t);
                         }
                         break;
                     }
@@ -984,8 +983,7 @@ fn idle(lp: *mut Local) {
     // or we see its push below.
     fence(Ordering::SeqCst);
     let now = sh.now();
-    let shutting = sh.shutdown.load(Ordering::Acquire);
-    if !(sh.has_work(me, now) || shutting && sh.live() == 0) {
+    if !sh.must_stay_awake(me, now) {
         let deadline = sh.earliest_deadline();
         let mut timeout =
             (deadline != NEVER).then(|| Duration::from_nanos(deadline.saturating_sub(now)));
@@ -1004,7 +1002,7 @@ fn idle(lp: *mut Local) {
             me,
             || {
                 let now = sh.now();
-                if sh.has_work(me, now) || sh.shutdown.load(Ordering::Acquire) && sh.live() == 0 {
+                if sh.must_stay_awake(me, now) {
                     return None;
                 }
                 let d = Duration::from_nanos(sh.earliest_deadline().saturating_sub(now));

@@ -411,34 +411,32 @@ pub(crate) fn alloc(c: u8) -> io::Result<Stack> {
     })
 }
 
-/// Returns a stack to the pool.
+/// Returns a stack to the pool (dropping a `Stack` does the same).
 pub(crate) fn free(s: Stack) {
-    let c = s.class;
-    let base = s.base as usize;
-    std::mem::forget(s);
-    let r = CACHE.try_with(|cache| {
-        let mut cache = cache.borrow_mut();
-        let ci = c as usize;
-        if cache.lists.len() <= ci {
-            cache.lists.resize_with(ci + 1, Vec::new);
-        }
-        let list = &mut cache.lists[ci];
-        list.push(base);
-        if list.len() >= THREAD_CACHE {
-            let mut half = list.split_off(THREAD_CACHE - BATCH);
-            class(c).give(&mut half);
-        }
-    });
-    if r.is_err() {
-        class(c).give(&mut vec![base]);
-    }
+    drop(s);
 }
 
 impl Drop for Stack {
+    /// Gives the slot back: to this thread's cache, half of which moves to
+    /// the global list when it is full (or straight to the global list when
+    /// the thread is exiting).
     fn drop(&mut self) {
-        free(Stack {
-            base: self.base,
-            class: self.class,
+        let (c, base) = (self.class, self.base as usize);
+        let r = CACHE.try_with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let ci = c as usize;
+            if cache.lists.len() <= ci {
+                cache.lists.resize_with(ci + 1, Vec::new);
+            }
+            let list = &mut cache.lists[ci];
+            list.push(base);
+            if list.len() >= THREAD_CACHE {
+                let mut half = list.split_off(THREAD_CACHE - BATCH);
+                class(c).give(&mut half);
+            }
         });
+        if r.is_err() {
+            class(c).give(&mut vec![base]);
+        }
     }
 }
