@@ -21,6 +21,31 @@ fn pair() -> (UnixStream, UnixStream) {
     (a, b)
 }
 
+/// As [`pair`], with the first end moved to a descriptor number far above
+/// what parallel tests open, so that once it is closed no other test can be
+/// given the same number while a waiter still polls it.
+fn pair_high() -> (UnixStream, UnixStream) {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let (a, b) = pair();
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `lim`.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    let floor = (lim.rlim_cur / 2).min(4096) as i32;
+    let raw = a.into_raw_fd();
+    // SAFETY: `raw` is open and owned here; F_DUPFD_CLOEXEC takes an int.
+    let high = unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, floor) };
+    assert!(high >= floor, "F_DUPFD_CLOEXEC failed");
+    // SAFETY: `raw` is owned here and no longer used; `high` is a new
+    // descriptor owned by nobody else.
+    unsafe {
+        libc::close(raw);
+        (UnixStream::from_raw_fd(high), b)
+    }
+}
+
 /// A descriptor number that is not open (far above anything this process
 /// opens, so that parallel tests cannot reuse it).
 fn closed_fd() -> i32 {
@@ -112,10 +137,13 @@ fn wait_writable_on_a_full_socket_until_drained() {
 fn closing_the_descriptor_while_an_actor_waits_is_an_error() {
     let rt = rt();
     let r = rt.block_on(|| {
-        let (a, b) = pair();
+        let (a, b) = pair_high();
         let fd = a.as_raw_fd();
         let waiter = smarm::spawn(move || wait_readable(fd));
-        smarm::sleep(Duration::from_millis(20));
+        // Close only once the waiter has registered (and so is waiting).
+        while smarm::io::registrations() != Some(1) {
+            smarm::sleep(Duration::from_millis(1));
+        }
         drop(a); // closes fd while the waiter waits
         let r = waiter.join().unwrap();
         drop(b);
@@ -126,7 +154,9 @@ fn closing_the_descriptor_while_an_actor_waits_is_an_error() {
 
 #[test]
 fn closing_the_descriptor_while_a_thread_waits_is_an_error() {
-    let (a, _b) = pair();
+    // Whether the thread starts waiting before or after the close, its
+    // wait ends with EBADF: the number is not reused meanwhile.
+    let (a, _b) = pair_high();
     let fd = a.as_raw_fd();
     let waiter = std::thread::spawn(move || wait_readable(fd));
     std::thread::sleep(Duration::from_millis(20));

@@ -138,7 +138,7 @@ pub(crate) fn timed_out() -> io::Error {
 pub(crate) fn wait_fd(fd: RawFd, interest: Interest, deadline: Option<Instant>) -> io::Result<()> {
     let ident = epoll::identity(fd)?;
     let ev = interest.poll_events();
-    if epoll::poll_one(fd, ev, Some(Duration::ZERO))? == epoll::Polled::Ready {
+    if ready_and_same(fd, ev, ident, Some(Duration::ZERO))? {
         return Ok(());
     }
     let Some(reactor) = current_reactor() else {
@@ -154,11 +154,8 @@ pub(crate) fn wait_fd(fd: RawFd, interest: Interest, deadline: Option<Instant>) 
                 }
                 None => REVALIDATE,
             };
-            if epoll::poll_one(fd, ev, Some(slice))? == epoll::Polled::Ready {
+            if ready_and_same(fd, ev, ident, Some(slice))? {
                 return Ok(());
-            }
-            if epoll::identity(fd)? != ident {
-                return Err(reactor::closed_error());
             }
         }
     };
@@ -175,13 +172,10 @@ pub(crate) fn wait_fd(fd: RawFd, interest: Interest, deadline: Option<Instant>) 
     let b = reactor::bit(interest);
     loop {
         let snap = entry.readiness();
-        if epoll::poll_one(fd, ev, Some(Duration::ZERO))? == epoll::Polled::Ready {
+        if ready_and_same(fd, ev, ident, Some(Duration::ZERO))? {
             return Ok(());
         }
         entry.clear(b, snap);
-        if epoll::identity(fd)? != ident {
-            return Err(reactor::closed_error());
-        }
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
             return Err(timed_out());
@@ -189,6 +183,25 @@ pub(crate) fn wait_fd(fd: RawFd, interest: Interest, deadline: Option<Instant>) 
         let wake = deadline.map_or(now + REVALIDATE, |d| d.min(now + REVALIDATE));
         entry.wait(b, Some(wake))?;
     }
+}
+
+/// Polls `fd` for `ev` (at most `timeout`), then checks that `fd` still
+/// names the open file `ident`: true when ready, false when not yet ready.
+///
+/// The identity is checked after the poll, ready or not, so that a number
+/// closed and reused by another open file while we waited is `EBADF` even
+/// when the new file happens to be ready (the poll then saw the new file).
+fn ready_and_same(
+    fd: RawFd,
+    ev: libc::c_short,
+    ident: (u64, u64),
+    timeout: Option<Duration>,
+) -> io::Result<bool> {
+    let ready = epoll::poll_one(fd, ev, timeout)? == epoll::Polled::Ready;
+    if epoll::identity(fd)? != ident {
+        return Err(reactor::closed_error());
+    }
+    Ok(ready)
 }
 
 /// Deregisters a temporary registration when the wait ends (also when it
