@@ -912,6 +912,7 @@ fn killed_actor_may_block_while_unwinding() {
     let rt = rt(2);
     let out = rt.block_on(|| {
         let (tx, rx) = smarm::channel::<u32>();
+        let (ready_tx, ready_rx) = smarm::channel::<()>();
         let h = smarm::spawn(move || {
             struct Flush(smarm::Sender<u32>);
             impl Drop for Flush {
@@ -923,9 +924,12 @@ fn killed_actor_may_block_while_unwinding() {
                 }
             }
             let _f = Flush(tx);
+            ready_tx.send(()).unwrap();
             smarm::sleep(Duration::from_secs(3600));
         });
-        smarm::yield_now();
+        // Kill only once the guard exists: an actor killed before it starts
+        // never runs its body, so there would be no Flush to block in.
+        ready_rx.recv().unwrap();
         smarm::kill(h.pid());
         assert!(h.join().unwrap_err().is::<Killed>());
         rx.recv().unwrap()
