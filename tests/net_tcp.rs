@@ -206,10 +206,13 @@ fn read_timeout_fires_with_std_error_kind() {
     let rt = rt();
     let listener = rt.block_on(|| TcpListener::bind("127.0.0.1:0").unwrap());
     let addr = listener.local_addr().unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let keep = std::thread::spawn(move || {
-        // Plain thread using smarm's listener: keep the peer open a while.
+        // Plain thread using smarm's listener: keep the peer open until the
+        // read has timed out (were it closed first, the read would see the
+        // end of the stream instead).
         let (s, _) = listener.accept().unwrap();
-        std::thread::sleep(Duration::from_millis(600));
+        let _ = done_rx.recv();
         drop(s);
     });
     let timeout = Duration::from_millis(150);
@@ -232,6 +235,7 @@ fn read_timeout_fires_with_std_error_kind() {
         bg.join().unwrap();
         (e.kind(), elapsed, ticks.load(Ordering::Relaxed))
     });
+    drop(done_tx);
     keep.join().unwrap();
     assert_eq!(kind, std_kind);
     assert!(
