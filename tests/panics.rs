@@ -467,6 +467,7 @@ fn child_backtraces_in_actors() {
         );
         // During a Killed unwind.
         let (tx, rx) = smarm::channel();
+        let (ready_tx, ready_rx) = smarm::channel::<()>();
         let h = smarm::spawn(move || {
             struct OnDrop(smarm::Sender<String>);
             impl Drop for OnDrop {
@@ -475,9 +476,11 @@ fn child_backtraces_in_actors() {
                 }
             }
             let _d = OnDrop(tx);
+            ready_tx.send(()).unwrap();
             smarm::sleep(std::time::Duration::from_secs(3600));
         });
-        smarm::yield_now();
+        // Killed before it ran, the actor would have no OnDrop to capture in.
+        ready_rx.recv().unwrap();
         smarm::kill(h.pid());
         assert!(h.join().is_err());
         out.push(rx.recv().unwrap());
