@@ -173,10 +173,14 @@ fn two_waiters_on_one_descriptor_both_wake() {
     let results = rt.block_on(|| {
         let (a, b) = pair();
         let fd = a.as_raw_fd();
+        let base = smarm::io::registrations().unwrap();
         let ws: Vec<_> = (0..2)
             .map(|_| smarm::spawn(move || wait_readable(fd)))
             .collect();
-        smarm::sleep(Duration::from_millis(20));
+        // Write only once both wait (each registers its own duplicate).
+        while smarm::io::registrations() != Some(base + 2) {
+            smarm::sleep(Duration::from_millis(1));
+        }
         (&b).write_all(b"!").unwrap(); // nobody consumes it: both see it
         let r: Vec<_> = ws.into_iter().map(|h| h.join().unwrap().is_ok()).collect();
         drop(a);
@@ -193,7 +197,11 @@ fn killed_waiter_unwinds_and_leaves_no_registration() {
         let fd = a.as_raw_fd();
         let base = smarm::io::registrations().unwrap();
         let waiter = smarm::spawn(move || wait_readable(fd));
-        smarm::sleep(Duration::from_millis(20));
+        // Kill only once it waits: a waiter killed before it ran would
+        // never have registered.
+        while smarm::io::registrations() != Some(base + 1) {
+            smarm::sleep(Duration::from_millis(1));
+        }
         smarm::kill(waiter.pid());
         let killed = waiter.join().unwrap_err().is::<smarm::Killed>();
         let left = smarm::io::registrations().unwrap() - base;
@@ -203,7 +211,9 @@ fn killed_waiter_unwinds_and_leaves_no_registration() {
             let n = block_on_io(fd, Interest::Readable, || (&a).read(&mut buf)).unwrap();
             buf[..n].to_vec()
         });
-        smarm::sleep(Duration::from_millis(10));
+        while smarm::io::registrations() != Some(base + 1) {
+            smarm::sleep(Duration::from_millis(1));
+        }
         (&b).write_all(b"yes").unwrap();
         (killed, left, again.join().unwrap())
     });
