@@ -62,21 +62,28 @@ fn shutdown_unwinds_suspended_actors() {
     let rt = runtime::init(Config::default().threads(2));
     let (tx, rx) = smarm::channel::<()>();
     let rx = Arc::new(rx);
+    let started = Arc::new(AtomicUsize::new(0));
     for _ in 0..100 {
         let rx = rx.clone();
+        let started = started.clone();
         rt.spawn(move || {
             let _d = D;
+            started.fetch_add(1, Ordering::SeqCst);
             let _ = rx.recv();
         });
     }
     for _ in 0..100 {
-        rt.spawn(|| {
+        let started = started.clone();
+        rt.spawn(move || {
             let _d = D;
+            started.fetch_add(1, Ordering::SeqCst);
             smarm::sleep(Duration::from_secs(3600));
         });
     }
-    // Let them all start and block.
-    std::thread::sleep(Duration::from_millis(50));
+    // Shut down only once all have started (and so are blocked or about to).
+    while started.load(Ordering::SeqCst) < 200 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     drop(rt);
     assert_eq!(DROPS.load(Ordering::SeqCst), 200);
     drop(tx);
