@@ -16,7 +16,7 @@ use smarm::supervisor::{Restart, Strategy, Supervisor};
 use smarm::{Killed, Pid, Receiver, Sender};
 
 /// A hang guard, not a performance expectation.
-const WAIT: Duration = Duration::from_secs(10);
+const WAIT: Duration = Duration::from_secs(60);
 const LONG: Duration = Duration::from_secs(600);
 
 fn rt() -> runtime::Runtime {

@@ -114,7 +114,7 @@ fn panic_output_child() {
             .spawn_under(tx, || -> () { panic!("on purpose") });
         println!("child pid {}", h.pid());
         assert!(matches!(
-            rx.recv_timeout(Duration::from_secs(10)),
+            rx.recv_timeout(Duration::from_secs(60)),
             Ok(Signal::Panic(..))
         ));
     });

@@ -11,7 +11,7 @@ fn rt() -> runtime::Runtime {
 
 /// The one signal that must be waiting, and nothing after it.
 fn only_signal(rx: &smarm::Receiver<Signal>) -> Signal {
-    let s = rx.recv_timeout(Duration::from_secs(10)).expect("a signal");
+    let s = rx.recv_timeout(Duration::from_secs(60)).expect("a signal");
     assert!(rx.try_recv().is_err(), "a second signal for one child");
     s
 }
@@ -46,7 +46,7 @@ fn panic_sends_its_payload() {
         assert!(h1.join().is_err() && h2.join().is_err() && h3.join().is_err());
         let mut got = 0;
         for _ in 0..3 {
-            match rx.recv_timeout(Duration::from_secs(10)).expect("a signal") {
+            match rx.recv_timeout(Duration::from_secs(60)).expect("a signal") {
                 Signal::Panic(p, payload) if p == pids[0] => {
                     assert_eq!(*payload.downcast::<&str>().unwrap(), "static message");
                     got |= 1;
