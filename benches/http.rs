@@ -9,8 +9,8 @@
 //! per second for both and the ratio smarm / tokio.
 //!
 //! ```text
-//! cargo bench --bench http                 # 1 s warm-up, 3 s measured, each
-//! HTTP_BENCH_SECS=10 cargo bench --bench http
+//! cargo bench --bench http                 # 3 rounds: 1 s warm-up, 3 s measured, each
+//! HTTP_BENCH_SECS=10 HTTP_BENCH_ROUNDS=5 cargo bench --bench http
 //! ```
 //!
 //! The generator uses epoll directly (level-triggered, non-blocking
@@ -309,9 +309,42 @@ fn main() {
         });
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("http keep-alive hello: {CONNECTIONS} connections, {threads} server threads, {secs:?} measured after {WARMUP:?} warm-up");
-    let smarm = run_smarm(threads, secs);
-    println!("smarm  {smarm:>12.0} req/s");
-    let tokio = run_tokio(threads, secs);
-    println!("tokio  {tokio:>12.0} req/s");
-    println!("ratio smarm/tokio {:.3}", smarm / tokio);
+    // HTTP_BENCH_ONLY=smarm|tokio runs one server (for profiling).
+    let only = std::env::var("HTTP_BENCH_ONLY").unwrap_or_default();
+    // The two servers alternate for HTTP_BENCH_ROUNDS rounds (3; 1 when
+    // quick) so that a slow spell of the machine hits both; the figures
+    // are the medians of the rounds.
+    let rounds: usize = std::env::var("HTTP_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(if quick { 1 } else { 3 });
+    let (mut sm, mut tk) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        if only != "tokio" {
+            let r = run_smarm(threads, secs);
+            println!("round {round}: smarm {r:>12.0} req/s");
+            sm.push(r);
+        }
+        if only != "smarm" {
+            let r = run_tokio(threads, secs);
+            println!("round {round}: tokio {r:>12.0} req/s");
+            tk.push(r);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let smarm = median(&mut sm);
+    let tokio = median(&mut tk);
+    if let Some(s) = smarm {
+        println!("smarm  {s:>12.0} req/s (median of {rounds})");
+    }
+    if let Some(t) = tokio {
+        println!("tokio  {t:>12.0} req/s (median of {rounds})");
+    }
+    if let (Some(s), Some(t)) = (smarm, tokio) {
+        println!("ratio smarm/tokio {:.3}", s / t);
+    }
 }

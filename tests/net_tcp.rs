@@ -495,3 +495,55 @@ fn nonblocking_mode_returns_would_block() {
         (io::ErrorKind::WouldBlock, io::ErrorKind::WouldBlock)
     );
 }
+
+/// A short read clears readiness (the buffer is drained), but an end of
+/// stream that arrived with the last data is reported only by the next
+/// read, which must not wait for an event that never comes.
+#[test]
+fn end_of_stream_after_a_short_read_is_seen_at_once() {
+    let rt = rt();
+    let listener = rt.block_on(|| TcpListener::bind("127.0.0.1:0").unwrap());
+    let addr = listener.local_addr().unwrap();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = smarm::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        go_rx.recv().unwrap();
+        c.write_all(b"abc").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        done_tx.send(()).unwrap();
+        go_rx.recv().ok(); // keep the socket open until the reader is done
+    });
+    let (got, reads) = rt.block_on(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        // Nothing is sent before `go`: this read waits, which registers the
+        // socket with the reactor, and times out.
+        s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+        let e = (&s).read(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        s.set_read_timeout(Some(LONG)).unwrap();
+        go_tx.send(()).unwrap();
+        done_rx.recv().unwrap();
+        // Let the reactor report the data and the end of stream before the
+        // reads (the order that used to lose the end of stream).
+        smarm::sleep(Duration::from_millis(20));
+        let mut got = Vec::new();
+        let mut reads = 0;
+        loop {
+            let n = (&s)
+                .read(&mut buf)
+                .expect("end of stream lost: read timed out");
+            reads += 1;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        drop(go_tx);
+        (got, reads)
+    });
+    peer.join().unwrap();
+    assert_eq!(got, b"abc");
+    assert_eq!(reads, 2);
+}

@@ -18,6 +18,11 @@ pub(crate) const READ_EVENTS: u32 =
     (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 /// Writable side of an epoll event mask (space, hang-up, error).
 pub(crate) const WRITE_EVENTS: u32 = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+/// Events after which reads never block again (end of stream, hang-up, error).
+pub(crate) const READ_FINAL_EVENTS: u32 =
+    (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+/// Events after which writes never block again (hang-up, error).
+pub(crate) const WRITE_FINAL_EVENTS: u32 = (libc::EPOLLHUP | libc::EPOLLERR) as u32;
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {

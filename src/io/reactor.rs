@@ -30,6 +30,14 @@
 //! tick, so the bit stays set and the operation is retried. Edge-triggered
 //! events are therefore never lost, and nobody re-arms anything.
 //!
+//! On stream sockets a read or write that moves fewer bytes than asked also
+//! clears its bit the same way (`Source::io_stream`): the kernel copies all
+//! it has, and later data or space comes with a new edge. The exception is
+//! a direction's end: an end of stream that arrived while a short read
+//! copied the last data is reported only by the next read, with no new
+//! edge, so `READ_FINAL` / `WRITE_FINAL` (set by `EPOLLRDHUP`, `EPOLLHUP`,
+//! `EPOLLERR`) keep their bit set for good.
+//!
 //! # Waiting
 //! A waiter takes the entry's lock, checks the bit, and if it is clear
 //! pushes `(id, Unparker)` on the read or write list, then parks. The
@@ -80,6 +88,12 @@ pub(crate) const READ: u64 = 1;
 pub(crate) const WRITE: u64 = 2;
 /// The registration was removed: waiting on it is an error.
 pub(crate) const CLOSED: u64 = 4;
+/// The read side reached its end (end of stream, hang-up or error): `READ`
+/// is never cleared again.
+const READ_FINAL: u64 = 8;
+/// The write side reached its end (hang-up or error): `WRITE` is never
+/// cleared again.
+const WRITE_FINAL: u64 = 16;
 /// One event's increment of the tick above the bits.
 const TICK: u64 = 1 << 8;
 const BITS: u64 = TICK - 1;
@@ -145,9 +159,16 @@ impl IoEntry {
         self.readiness.load(Ordering::Acquire)
     }
 
-    /// Clears bit `b` if the word is still `snap` (no event since).
+    /// Clears bit `b` if the word is still `snap` (no event since), unless
+    /// that direction has reached its end: an end of stream that arrived
+    /// before a read is reported by the *next* read, and no new event will
+    /// announce it, so a direction's final state is never cleared.
     #[inline]
     pub(crate) fn clear(&self, b: u64, snap: u64) {
+        let fin = if b == READ { READ_FINAL } else { WRITE_FINAL };
+        if snap & fin != 0 {
+            return;
+        }
         let _ =
             self.readiness
                 .compare_exchange(snap, snap & !b, Ordering::AcqRel, Ordering::Relaxed);
@@ -477,6 +498,12 @@ impl Reactor {
                     }
                     if events & epoll::WRITE_EVENTS != 0 {
                         b |= WRITE;
+                    }
+                    if events & epoll::READ_FINAL_EVENTS != 0 {
+                        b |= READ_FINAL;
+                    }
+                    if events & epoll::WRITE_FINAL_EVENTS != 0 {
+                        b |= WRITE_FINAL;
                     }
                     bufs.ready.push((e.clone(), b));
                 }

@@ -49,7 +49,37 @@ impl Source {
         interest: Interest,
         timeout: Option<Duration>,
         nonblocking: bool,
+        op: impl FnMut() -> io::Result<R>,
+    ) -> io::Result<R> {
+        self.io_until(interest, timeout, nonblocking, op, |_| false)
+    }
+
+    /// As [`io`](Self::io), for a read or write of `len` bytes on a stream
+    /// socket: a transfer shorter than asked (but not empty) means the
+    /// kernel's buffer is drained (read) or full (write), so the readiness
+    /// bit is cleared right away (if no event arrived meanwhile) and the
+    /// next call waits for the next edge instead of paying a system call
+    /// that fails with `WouldBlock`. Linux's TCP and Unix stream sockets
+    /// copy everything available up to `len`, and data or space that
+    /// appears later comes with a new edge-triggered event.
+    pub(crate) fn io_stream(
+        &self,
+        interest: Interest,
+        timeout: Option<Duration>,
+        nonblocking: bool,
+        len: usize,
+        op: impl FnMut() -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        self.io_until(interest, timeout, nonblocking, op, |&n| n > 0 && n < len)
+    }
+
+    fn io_until<R>(
+        &self,
+        interest: Interest,
+        timeout: Option<Duration>,
+        nonblocking: bool,
         mut op: impl FnMut() -> io::Result<R>,
+        drained: impl Fn(&R) -> bool,
     ) -> io::Result<R> {
         crate::check!();
         if nonblocking {
@@ -87,6 +117,12 @@ impl Source {
                         if let Some(r) = reg {
                             r.entry.clear(b, snap);
                         }
+                    }
+                    Ok(v) => {
+                        if let Some(r) = reg.filter(|_| drained(&v)) {
+                            r.entry.clear(b, snap);
+                        }
+                        return Ok(v);
                     }
                     r => return r,
                 }

@@ -413,46 +413,46 @@ impl TcpStream {
         )
     }
 
-    fn read_io<R>(&self, op: impl FnMut() -> io::Result<R>) -> io::Result<R> {
-        self.source.io(
-            Interest::Readable,
-            self.opts.read_timeout(),
-            self.opts.nonblocking(),
-            op,
-        )
-    }
-
-    fn write_io<R>(&self, op: impl FnMut() -> io::Result<R>) -> io::Result<R> {
-        self.source.io(
-            Interest::Writable,
-            self.opts.write_timeout(),
-            self.opts.nonblocking(),
-            op,
-        )
+    /// A read or write of `len` bytes (see [`Source::io_stream`]).
+    fn stream_io(
+        &self,
+        interest: Interest,
+        len: usize,
+        op: impl FnMut() -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let timeout = match interest {
+            Interest::Readable => self.opts.read_timeout(),
+            Interest::Writable => self.opts.write_timeout(),
+        };
+        self.source
+            .io_stream(interest, timeout, self.opts.nonblocking(), len, op)
     }
 }
 
 impl Read for &TcpStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let s: &TcpStream = self;
-        s.read_io(|| (&s.inner).read(buf))
+        let len = buf.len();
+        s.stream_io(Interest::Readable, len, || (&s.inner).read(buf))
     }
 
     fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
         let s: &TcpStream = self;
-        s.read_io(|| (&s.inner).read_vectored(bufs))
+        let len = bufs.iter().map(|b| b.len()).sum();
+        s.stream_io(Interest::Readable, len, || (&s.inner).read_vectored(bufs))
     }
 }
 
 impl Write for &TcpStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let s: &TcpStream = self;
-        s.write_io(|| (&s.inner).write(buf))
+        s.stream_io(Interest::Writable, buf.len(), || (&s.inner).write(buf))
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let s: &TcpStream = self;
-        s.write_io(|| (&s.inner).write_vectored(bufs))
+        let len = bufs.iter().map(|b| b.len()).sum();
+        s.stream_io(Interest::Writable, len, || (&s.inner).write_vectored(bufs))
     }
 
     fn flush(&mut self) -> io::Result<()> {
