@@ -57,7 +57,9 @@
 //!   runtime whose workers are all busy still sees IO.
 //!
 //! Woken actors go to the calling worker's queues (the LIFO slot first), as
-//! with timers.
+//! with timers, without waking other workers one by one: the driver wakes
+//! one more worker only for a large batch (`IO_SHARE_BATCH` in the
+//! scheduler).
 //!
 //! # Waking the driver
 //! Work that appears while the driver is blocked must interrupt its
@@ -398,14 +400,15 @@ impl Reactor {
     /// another thread holds the driver slot (the caller then parks on its
     /// futex). Runs in the scheduler context.
     ///
-    /// When the wait returned IO events, `on_events` runs after the driver
-    /// slot is released: the scheduler wakes another idle worker there, which
-    /// takes over the slot while this one runs the woken actors.
+    /// When the wait returned IO events, `on_events(n)` runs after the
+    /// driver slot is released, with `n` the registrations that had events:
+    /// the scheduler may wake another idle worker there to share a large
+    /// batch (and take over the slot) while this one runs the woken actors.
     pub(crate) fn park_driver(
         &self,
         me: usize,
         recheck: impl FnOnce() -> Option<Option<Duration>>,
-        on_events: impl FnOnce(),
+        on_events: impl FnOnce(usize),
     ) -> bool {
         if self.driver.load(Ordering::Relaxed) || self.driver.swap(true, Ordering::Acquire) {
             return false;
@@ -421,7 +424,7 @@ impl Reactor {
         self.blocked.swap(0, Ordering::SeqCst);
         self.driver.store(false, Ordering::Release);
         if dispatched > 0 {
-            on_events();
+            on_events(dispatched);
         }
         true
     }
@@ -472,6 +475,9 @@ impl Reactor {
             // Only EBADF/EFAULT/EINVAL are possible, all bugs; do not spin.
             Err(e) => panic!("smarm: epoll_wait failed: {e}"),
         };
+        // No longer blocked: wake-ups of this worker while it dispatches
+        // (its own pushes find it in the idle set) need no eventfd write.
+        self.blocked.store(0, Ordering::SeqCst);
         if n == 0 {
             return 0;
         }
