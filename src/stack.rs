@@ -426,14 +426,16 @@ const PREFETCH_TOP: usize = 1024;
 /// touched milliseconds ago.
 #[inline]
 fn prefetch_top(top: usize) {
-    let mut a = top - PREFETCH_TOP;
-    while a < top {
+    // A fixed count, so that the loop unrolls into bare prefetch
+    // instructions with immediate offsets.
+    for line in 0..PREFETCH_TOP / 64 {
         // SAFETY: `_mm_prefetch` has no memory-safety preconditions: a
         // prefetch never faults (and this is mapped memory of an idle stack).
         unsafe {
-            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(a as *const i8)
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                (top - 64 - line * 64) as *const i8,
+            )
         };
-        a += 64;
     }
 }
 
