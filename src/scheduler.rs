@@ -235,15 +235,8 @@ impl Shared {
     #[cold]
     fn wake_one_idle(&self) {
         let _np = preempt::disable();
-        // A worker that pushes work while still in the idle set (the IO
-        // driver dispatching the events it just took) must wake another one,
-        // not itself.
-        let l = local();
-        // SAFETY: a non-null LOCAL is this thread's live worker state.
-        let me = (!l.is_null()).then(|| unsafe { (*l).index });
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let pick = idle.iter().rposition(|&i| Some(i) != me);
-        if let Some(i) = pick.map(|p| idle.swap_remove(p)) {
+        if let Some(i) = idle.pop() {
             self.num_idle.store(idle.len(), Ordering::Relaxed);
             // The woken worker starts out searching (counted for it here).
             self.num_searching.fetch_add(1, Ordering::SeqCst);
@@ -993,6 +986,8 @@ fn idle(lp: *mut Local) {
         l.searching = false;
         sh.num_searching.fetch_sub(1, Ordering::SeqCst);
     }
+    // Registrations with IO events, when this worker drove the reactor.
+    let mut events = 0;
     {
         let mut idle = sh.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.push(me);
@@ -1017,30 +1012,21 @@ fn idle(lp: *mut Local) {
         // IO: one idle worker at a time (the driver) waits in epoll_wait
         // instead of on its futex; it re-checks for work after announcing
         // itself, and sleeps until the (re-read) earliest deadline.
+        // While it dispatches, this worker is still in the idle set, so its
+        // pushes must not wake anyone (they could pick this very worker).
         l.dispatching = true;
-        let drove = sh.reactor.park_driver(
-            me,
-            || {
-                let now = sh.now();
-                if sh.must_stay_awake(me, now) {
-                    return None;
-                }
-                let d = Duration::from_nanos(sh.earliest_deadline().saturating_sub(now));
-                Some(timeout.map(|t| t.min(d)))
-            },
-            // Events: the woken actors are on this worker's queues. A big
-            // batch also wakes another idle worker to share it (and to take
-            // over the driver slot); a small one runs here, which saves a
-            // wake-up that on a busy machine costs more than it returns.
-            |n| {
-                if n >= IO_SHARE_BATCH {
-                    sh.notify_one()
-                }
-            },
-        );
+        let drove = sh.reactor.park_driver(me, || {
+            let now = sh.now();
+            if sh.must_stay_awake(me, now) {
+                return None;
+            }
+            let d = Duration::from_nanos(sh.earliest_deadline().saturating_sub(now));
+            Some(timeout.map(|t| t.min(d)))
+        });
         l.dispatching = false;
-        if !drove {
-            sh.workers[me].parker.park(timeout);
+        match drove {
+            None => sh.workers[me].parker.park(timeout),
+            Some(n) => events = n,
         }
         sh.workers[me].parked_until.store(0, Ordering::Relaxed);
         // Trim only after a whole quiet period, not after any idle wake-up.
@@ -1061,6 +1047,13 @@ fn idle(lp: *mut Local) {
         l.searching = true;
     }
     drop(idle);
+    // Events: the woken actors are on this worker's queues. A big batch also
+    // wakes another idle worker (now that this one has left the idle set) to
+    // share it and take over the driver slot; a small one runs here, which
+    // saves a wake-up that on a busy machine costs more than it returns.
+    if events >= IO_SHARE_BATCH {
+        sh.notify_one();
+    }
     // Fire every worker's due timers: a busy worker's timers must not wait
     // for its long-running actor.
     let now = sh.now();

@@ -75,10 +75,7 @@ pub(crate) fn wait(
 ) -> io::Result<usize> {
     let max = events.len().min(i32::MAX as usize) as libc::c_int;
     if !NO_PWAIT2.load(Ordering::Relaxed) {
-        let ts = timeout.map(|d| libc::timespec {
-            tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
-            tv_nsec: d.subsec_nanos() as libc::c_long,
-        });
+        let ts = timeout.map(crate::parker::timespec);
         let tsp = ts
             .as_ref()
             .map_or(std::ptr::null(), |t| t as *const libc::timespec);

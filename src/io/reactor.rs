@@ -396,22 +396,18 @@ impl Reactor {
     /// Idle worker `me` tries to become the driver and wait in epoll.
     /// `recheck` runs after the driver is published as blocked: it returns
     /// None when the worker must not sleep (work appeared), else the sleep's
-    /// timeout (None: unbounded). Returns false, without waiting, when
+    /// timeout (None: unbounded). Returns None, without waiting, when
     /// another thread holds the driver slot (the caller then parks on its
     /// futex). Runs in the scheduler context.
-    ///
-    /// When the wait returned IO events, `on_events(n)` runs after the
-    /// driver slot is released, with `n` the registrations that had events:
-    /// the scheduler may wake another idle worker there to share a large
-    /// batch (and take over the slot) while this one runs the woken actors.
+    /// Returns `Some(n)` when it drove, `n` being the registrations that had
+    /// events (their woken actors are on the caller's queues).
     pub(crate) fn park_driver(
         &self,
         me: usize,
         recheck: impl FnOnce() -> Option<Option<Duration>>,
-        on_events: impl FnOnce(usize),
-    ) -> bool {
+    ) -> Option<usize> {
         if self.driver.load(Ordering::Relaxed) || self.driver.swap(true, Ordering::Acquire) {
-            return false;
+            return None;
         }
         self.blocked.store(me + 1, Ordering::SeqCst);
         // Pairs with the SeqCst fence/loads of `unpark_driver`'s callers:
@@ -423,10 +419,7 @@ impl Reactor {
         }
         self.blocked.swap(0, Ordering::SeqCst);
         self.driver.store(false, Ordering::Release);
-        if dispatched > 0 {
-            on_events(dispatched);
-        }
-        true
+        Some(dispatched)
     }
 
     /// Interrupts worker `i`'s `epoll_wait` if it is the blocked driver.
@@ -475,8 +468,8 @@ impl Reactor {
             // Only EBADF/EFAULT/EINVAL are possible, all bugs; do not spin.
             Err(e) => panic!("smarm: epoll_wait failed: {e}"),
         };
-        // No longer blocked: wake-ups of this worker while it dispatches
-        // (its own pushes find it in the idle set) need no eventfd write.
+        // No longer blocked: a wake-up addressed to this worker while it
+        // dispatches needs no eventfd write.
         self.blocked.store(0, Ordering::SeqCst);
         if n == 0 {
             return 0;
