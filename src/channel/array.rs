@@ -113,6 +113,68 @@ impl<T> Channel<T> {
         }
     }
 
+    /// The slot of position `pos`.
+    #[inline]
+    fn slot(&self, pos: usize) -> &Slot<T> {
+        let index = pos & (self.one_lap - 1);
+        debug_assert!(index < self.cap);
+        // SAFETY: every position's index part is below `cap` (positions
+        // are built by `next` from 0), and `buffer` has `cap` slots.
+        unsafe { self.buffer.get_unchecked(index) }
+    }
+
+    /// The common case of a send, inlined: the tail slot is free for this
+    /// lap and the first CAS claims it. Gives `value` back for anything else
+    /// (full, disconnected, contention), which [`push`](Self::push) sorts
+    /// out.
+    #[inline]
+    fn push_fast(&self, value: T) -> Result<(), T> {
+        // SeqCst: as in `push`.
+        if self.disconnected.load(Ordering::SeqCst) {
+            return Err(value);
+        }
+        let tail = self.tail.load(Ordering::Relaxed);
+        let slot = self.slot(tail);
+        // Acquire, SeqCst CAS and Release: as in `push`.
+        if slot.stamp.load(Ordering::Acquire) == tail
+            && self
+                .tail
+                .compare_exchange_weak(tail, self.next(tail), Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+        {
+            // SAFETY: the CAS gave this context the slot for this lap; its
+            // stamp says it is empty.
+            unsafe { (*slot.value.get()).write(value) };
+            slot.stamp.store(tail + 1, Ordering::Release);
+            return Ok(());
+        }
+        Err(value)
+    }
+
+    /// The common case of a receive, inlined: the head slot holds this lap's
+    /// value and the first CAS claims it. `None` for anything else (empty,
+    /// disconnected, contention), which [`pop`](Self::pop) sorts out.
+    #[inline]
+    fn pop_fast(&self) -> Option<T> {
+        let head = self.head.load(Ordering::Relaxed);
+        let slot = self.slot(head);
+        // Acquire, SeqCst CAS and Release: as in `pop`.
+        if slot.stamp.load(Ordering::Acquire) == head + 1
+            && self
+                .head
+                .compare_exchange_weak(head, self.next(head), Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+        {
+            // SAFETY: the CAS gave this context the slot; its stamp says the
+            // value of this lap is in it.
+            let v = unsafe { (*slot.value.get()).assume_init_read() };
+            slot.stamp
+                .store(head.wrapping_add(self.one_lap), Ordering::Release);
+            return Some(v);
+        }
+        None
+    }
+
     /// Pushes without waiting and without notifying.
     #[inline]
     fn push(&self, value: T) -> Result<(), TrySendError<T>> {
@@ -232,25 +294,38 @@ impl<T> Channel<T> {
         Ok(())
     }
 
+    /// Sends, waiting while full. The fast path keeps no state across a
+    /// call: each way out of it is a tail call.
     #[inline]
     pub(crate) fn send(
         &self,
         value: T,
         deadline: Option<Instant>,
     ) -> Result<(), SendTimeoutError<T>> {
-        // Fast path: room in the ring needs none of the blocking machinery.
-        match self.push(value) {
-            Ok(()) => {
-                self.receivers.notify_one();
-                Ok(())
-            }
-            Err(TrySendError::Disconnected(v)) => Err(SendTimeoutError::Disconnected(v)),
-            Err(TrySendError::Full(v)) => self.send_slow(v, deadline),
+        match self.push_fast(value) {
+            Ok(()) if self.receivers.may_have_waiters() => self.wake_receiver(),
+            Ok(()) => Ok(()),
+            Err(v) => self.send_slow(v, deadline),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wake_receiver(&self) -> Result<(), SendTimeoutError<T>> {
+        self.receivers.notify_one();
+        Ok(())
     }
 
     #[inline(never)]
     fn send_slow(&self, value: T, deadline: Option<Instant>) -> Result<(), SendTimeoutError<T>> {
+        let value = match self.push(value) {
+            Ok(()) => {
+                self.receivers.notify_one();
+                return Ok(());
+            }
+            Err(TrySendError::Disconnected(v)) => return Err(SendTimeoutError::Disconnected(v)),
+            Err(TrySendError::Full(v)) => v,
+        };
         let mut value = Some(value);
         let r = block_on(&self.senders, deadline, || {
             let v = value.take().expect("value present while sending");
@@ -281,21 +356,34 @@ impl<T> Channel<T> {
         Ok(v)
     }
 
+    /// Receives, waiting while empty. The fast path keeps no state across a
+    /// call: each way out of it is a tail call.
     #[inline]
     pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
-        // Fast path: a queued message needs none of the blocking machinery.
-        match self.pop() {
-            Ok(v) => {
-                self.senders.notify_one();
-                Ok(v)
-            }
-            Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
-            Err(TryRecvError::Empty) => self.recv_slow(deadline),
+        match self.pop_fast() {
+            Some(v) if self.senders.may_have_waiters() => self.wake_sender(v),
+            Some(v) => Ok(v),
+            None => self.recv_slow(deadline),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wake_sender(&self, v: T) -> Result<T, RecvTimeoutError> {
+        self.senders.notify_one();
+        Ok(v)
     }
 
     #[inline(never)]
     fn recv_slow(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
+        match self.pop() {
+            Ok(v) => {
+                self.senders.notify_one();
+                return Ok(v);
+            }
+            Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+            Err(TryRecvError::Empty) => {}
+        }
         let r = block_on(&self.receivers, deadline, || match self.pop() {
             Ok(v) => Some(Ok(v)),
             Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),

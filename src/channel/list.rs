@@ -88,31 +88,22 @@ impl<T> Block<T> {
         }
     }
 
-    /// Waits until every slot but the last has been read, then makes the
-    /// block fresh again (the caller owns it from then on).
+    /// Waits until every slot but the last has been read; the caller owns
+    /// the block from then on.
     ///
     /// # Safety
     /// `this` is a live block whose last slot the caller has read (so every
     /// slot of it has been claimed by a reader).
-    unsafe fn reclaim(this: *mut Block<T>) {
+    unsafe fn wait_all_read(this: *mut Block<T>) {
         for i in 0..BLOCK_CAP - 1 {
-            // SAFETY: the block is alive until this loop ends: only the
-            // reader of the last slot (the caller) frees it.
+            // SAFETY: the block is alive until the caller frees it: only the
+            // reader of the last slot (the caller) does.
             let slot = unsafe { &(*this).slots[i] };
             let mut step = 0;
             // Acquire pairs with the reader's Release store of `read`: its
-            // copy out of the slot happens before the free below.
+            // copy out of the slot happens before the caller's reuse or free.
             while !slot.read.load(Ordering::Acquire) {
                 backoff(&mut step);
-            }
-        }
-        // SAFETY: every slot has been read and no one else touches the
-        // block any more: it is ours to reset.
-        unsafe {
-            (*this).next.store(ptr::null_mut(), Ordering::Relaxed);
-            for slot in &(*this).slots {
-                slot.written.store(false, Ordering::Relaxed);
-                slot.read.store(false, Ordering::Relaxed);
             }
         }
     }
@@ -129,7 +120,7 @@ pub(crate) struct Channel<T> {
     disconnected: AtomicBool,
     /// One retired block kept for the next sender that needs one, so a
     /// steady stream allocates nothing (Acquire/Release swaps hand it over
-    /// with its reset contents).
+    /// with its zeroed contents).
     spare: AtomicPtr<Block<T>>,
     /// Receivers blocked on an empty channel (senders never block).
     pub(crate) receivers: Waiters,
@@ -165,7 +156,7 @@ impl<T> Channel<T> {
         if p.is_null() {
             Block::new()
         } else {
-            // SAFETY: the spare block was reset and handed over by `retire`
+            // SAFETY: the spare block was zeroed and handed over by `retire`
             // (Release swap, paired with our Acquire); it is ours now.
             unsafe { Box::from_raw(p) }
         }
@@ -174,22 +165,65 @@ impl<T> Channel<T> {
     /// Retires a fully read block: keeps it as the spare, or frees it.
     ///
     /// # Safety
-    /// As [`Block::reclaim`].
+    /// As [`Block::wait_all_read`].
     unsafe fn retire(&self, block: *mut Block<T>) {
         // SAFETY: forwarded contract.
-        unsafe { Block::reclaim(block) };
-        if self
-            .spare
-            .compare_exchange(ptr::null_mut(), block, Ordering::Release, Ordering::Relaxed)
-            .is_err()
-        {
-            // SAFETY: the block is ours (reclaimed) and not the spare.
-            drop(unsafe { Box::from_raw(block) });
+        unsafe { Block::wait_all_read(block) };
+        // A spare already there: free this one without resetting it first.
+        if self.spare.load(Ordering::Relaxed).is_null() {
+            // SAFETY: every slot has been read (Acquire above) and no one
+            // else touches the block any more: it is ours to reset. All
+            // zero bytes is a fresh block: `next` null, every flag false,
+            // values uninitialised.
+            unsafe { ptr::write_bytes(block, 0, 1) };
+            if self
+                .spare
+                .compare_exchange(ptr::null_mut(), block, Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+            {
+                return;
+            }
         }
+        // SAFETY: the block is ours (all read) and not the spare.
+        drop(unsafe { Box::from_raw(block) });
     }
 
+    /// The common case, inlined into `send`: a slot that is neither the
+    /// last of its block nor the gap, claimed by the first CAS. Everything
+    /// else (a new block, the gap, contention) goes to [`push_slow`].
+    ///
+    /// [`push_slow`]: Self::push_slow
     #[inline]
     fn push(&self, value: T) {
+        // Acquire, and this order of the two loads: as in `push_slow`.
+        let tail = self.tail.index.load(Ordering::Acquire);
+        let block = self.tail.block.load(Ordering::Acquire);
+        let offset = tail % LAP;
+        // SeqCst: the publishing half of the lost wake-up pattern.
+        if offset + 1 < BLOCK_CAP
+            && self
+                .tail
+                .index
+                .compare_exchange_weak(tail, tail + 1, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+        {
+            // SAFETY: the CAS gave this context slot `offset` of `block`
+            // (the pair was current: see the module docs), which is alive
+            // until the slot is read.
+            unsafe {
+                let slot = &(*block).slots[offset];
+                (*slot.value.get()).write(value);
+                // Release pairs with the reader's Acquire.
+                slot.written.store(true, Ordering::Release);
+            }
+            return;
+        }
+        self.push_slow(value);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn push_slow(&self, value: T) {
         let mut step = 0;
         let mut next_block: Option<Box<Block<T>>> = None;
         // Acquire on the index pairs with the Release `fetch_add` that
@@ -244,6 +278,93 @@ impl<T> Channel<T> {
 
     #[inline]
     fn pop(&self) -> Result<T, TryRecvError> {
+        match self.claim_fast() {
+            // SAFETY: claimed by this context.
+            Some(slot) => Ok(unsafe { Self::take_claimed(slot) }),
+            None => self.pop_slow(),
+        }
+    }
+
+    /// The common case, inlined into `recv`: a queued message in a slot that
+    /// is not the last of its block, claimed by the first CAS. Returns the
+    /// claimed slot (its value may still be being written); `None` leaves
+    /// everything else (empty, the block's end, contention) to
+    /// [`pop_slow`](Self::pop_slow).
+    #[inline]
+    fn claim_fast(&self) -> Option<&Slot<T>> {
+        let head = self.head.index.load(Ordering::Acquire);
+        let block = self.head.block.load(Ordering::Acquire);
+        let offset = head % LAP;
+        if offset + 1 < BLOCK_CAP {
+            // SeqCst: as in `pop_slow` (the re-check half of the lost
+            // wake-up pattern).
+            let tail = self.tail.index.load(Ordering::SeqCst);
+            if head != tail
+                && self
+                    .head
+                    .index
+                    .compare_exchange_weak(head, head + 1, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+            {
+                // SAFETY: the CAS gave this context slot `offset` of
+                // `block` (not its last), which lives until that slot is
+                // read, so at least as long as `self` is borrowed here.
+                // `head.block` always names a live block, never null (which
+                // the hint tells the compiler, sparing a test).
+                return Some(unsafe {
+                    std::hint::assert_unchecked(!block.is_null());
+                    &(*block).slots[offset]
+                });
+            }
+        }
+        None
+    }
+
+    /// Moves the value out of a slot this context claimed (not the last of
+    /// its block: see `pop_slow`), waiting for its writer if need be, and
+    /// marks the slot read.
+    ///
+    /// # Safety
+    /// The caller claimed `slot` by CAS of `head` and has not read it.
+    #[inline]
+    unsafe fn take_claimed(slot: &Slot<T>) -> T {
+        // Acquire pairs with the writer's Release `written`.
+        if !slot.written.load(Ordering::Acquire) {
+            Self::wait_written(slot);
+        }
+        // SAFETY: the slot is ours (the contract) and written.
+        let v = unsafe { (*slot.value.get()).assume_init_read() };
+        // Release pairs with the Acquire in `Block::wait_all_read`.
+        slot.read.store(true, Ordering::Release);
+        v
+    }
+
+    /// `take_claimed` for a slot whose writer has not finished yet, out of
+    /// line so that `recv`'s fast path keeps no state across a call.
+    ///
+    /// # Safety
+    /// As `take_claimed`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn recv_unwritten(slot: &Slot<T>) -> Result<T, RecvTimeoutError> {
+        // SAFETY: forwarded contract.
+        Ok(unsafe { Self::take_claimed(slot) })
+    }
+
+    /// Waits for the writer that claimed `slot` to finish writing it.
+    #[cold]
+    #[inline(never)]
+    fn wait_written(slot: &Slot<T>) {
+        let mut step = 0;
+        // Acquire pairs with the writer's Release `written`.
+        while !slot.written.load(Ordering::Acquire) {
+            backoff(&mut step);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn pop_slow(&self) -> Result<T, TryRecvError> {
         let mut step = 0;
         let mut head = self.head.index.load(Ordering::Acquire);
         let mut block = self.head.block.load(Ordering::Acquire);
@@ -288,10 +409,8 @@ impl<T> Channel<T> {
                             self.head.index.fetch_add(1, Ordering::Release);
                         }
                         let slot = &(*block).slots[offset];
-                        let mut s = 0;
-                        // Acquire pairs with the writer's Release `written`.
-                        while !slot.written.load(Ordering::Acquire) {
-                            backoff(&mut s);
+                        if !slot.written.load(Ordering::Acquire) {
+                            Self::wait_written(slot);
                         }
                         let v = (*slot.value.get()).assume_init_read();
                         if offset + 1 == BLOCK_CAP {
@@ -312,6 +431,7 @@ impl<T> Channel<T> {
         }
     }
 
+    #[inline]
     pub(crate) fn send(&self, value: T) -> Result<(), T> {
         // SeqCst pairs with `disconnect`.
         if self.disconnected.load(Ordering::SeqCst) {
@@ -328,17 +448,30 @@ impl<T> Channel<T> {
 
     #[inline]
     pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
-        // Fast path: a queued message needs none of the blocking machinery.
-        match self.pop() {
-            Ok(v) => return Ok(v),
-            Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
-            Err(TryRecvError::Empty) => {}
+        // Fast path: a queued message needs none of the blocking machinery;
+        // anything else is one call (no state kept across it).
+        match self.claim_fast() {
+            // Acquire pairs with the writer's Release `written`.
+            Some(slot) if slot.written.load(Ordering::Acquire) => {
+                // SAFETY: just claimed; the value is written.
+                let v = unsafe { (*slot.value.get()).assume_init_read() };
+                // Release pairs with the Acquire in `Block::wait_all_read`.
+                slot.read.store(true, Ordering::Release);
+                Ok(v)
+            }
+            // SAFETY: just claimed.
+            Some(slot) => unsafe { Self::recv_unwritten(slot) },
+            None => self.recv_slow(deadline),
         }
-        self.recv_slow(deadline)
     }
 
     #[inline(never)]
     fn recv_slow(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
+        match self.pop_slow() {
+            Ok(v) => return Ok(v),
+            Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+            Err(TryRecvError::Empty) => {}
+        }
         let r = block_on(&self.receivers, deadline, || match self.pop() {
             Ok(v) => Some(Ok(v)),
             Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),
