@@ -49,9 +49,23 @@ impl Parker {
         self.state.swap(EMPTY, Ordering::Acquire);
     }
 
+    /// Consumes a pending token without sleeping: true if `unpark` came
+    /// since the last `park`. For an owner about to sleep somewhere else
+    /// (the IO driver's `epoll_wait`) that must not miss an `unpark`.
+    /// SeqCst: see `unpark`.
+    pub(crate) fn take_token(&self) -> bool {
+        self.state
+            .compare_exchange(NOTIFIED, EMPTY, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
     /// Wakes the owner (or makes its next park return at once).
+    /// SeqCst, not just Release: `Shared::unpark_worker` loads the reactor's
+    /// `blocked` word after this swap, and the IO driver stores `blocked`
+    /// before `take_token`; in one total order, either the waker sees the
+    /// driver blocked (and signals its eventfd) or the driver sees the token.
     pub(crate) fn unpark(&self) {
-        if self.state.swap(NOTIFIED, Ordering::Release) == PARKED {
+        if self.state.swap(NOTIFIED, Ordering::SeqCst) == PARKED {
             futex_wake(&self.state);
         }
     }

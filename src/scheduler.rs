@@ -246,7 +246,9 @@ impl Shared {
     }
 
     /// Wakes worker `i` from its futex or, if it is the IO driver blocked in
-    /// `epoll_wait`, through the reactor's eventfd.
+    /// `epoll_wait`, through the reactor's eventfd. The token goes first:
+    /// a driver that announced itself too late for `unpark_driver` to see
+    /// consumes it in its re-check (`Parker::take_token`) instead.
     #[inline]
     pub(crate) fn unpark_worker(&self, i: usize) {
         self.workers[i].parker.unpark();
@@ -274,6 +276,23 @@ impl Shared {
                 .workers
                 .iter()
                 .any(|w| !w.queue.is_empty() || w.next_deadline.get() <= now)
+    }
+
+    /// The IO driver's last look before `epoll_wait`, made after it has
+    /// announced itself as blocked: None if worker `me` must not sleep,
+    /// else how long it may (`timeout` capped at the earliest deadline).
+    fn driver_recheck(&self, me: usize, timeout: Option<Duration>) -> Option<Option<Duration>> {
+        let now = self.now();
+        // An `unpark` that came before we announced ourselves as the blocked
+        // driver went to the futex token only: `epoll_wait` would sleep
+        // through it, with this worker already taken out of the idle set and
+        // counted as searching, so no later push would wake anyone until the
+        // timeout.
+        if self.workers[me].parker.take_token() || self.must_stay_awake(me, now) {
+            return None;
+        }
+        let d = Duration::from_nanos(self.earliest_deadline().saturating_sub(now));
+        Some(timeout.map(|t| t.min(d)))
     }
 
     fn earliest_deadline(&self) -> u64 {
@@ -1015,14 +1034,9 @@ fn idle(lp: *mut Local) {
         // While it dispatches, this worker is still in the idle set, so its
         // pushes must not wake anyone (they could pick this very worker).
         l.dispatching = true;
-        let drove = sh.reactor.park_driver(me, || {
-            let now = sh.now();
-            if sh.must_stay_awake(me, now) {
-                return None;
-            }
-            let d = Duration::from_nanos(sh.earliest_deadline().saturating_sub(now));
-            Some(timeout.map(|t| t.min(d)))
-        });
+        let drove = sh
+            .reactor
+            .park_driver(me, || sh.driver_recheck(me, timeout));
         l.dispatching = false;
         match drove {
             None => sh.workers[me].parker.park(timeout),
@@ -1458,4 +1472,59 @@ pub(crate) fn shutdown(
     });
     // The abandoned threads keep `sh` alive through their own Arc.
     stuck
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_workers() -> Arc<Shared> {
+        Shared::new(Settings {
+            threads: 2,
+            stack_size: 64 * 1024,
+            alloc_interval: 128,
+            timeslice_cycles: 300_000,
+        })
+        .expect("runtime state")
+    }
+
+    /// A worker woken (taken out of the idle set) just before it announced
+    /// itself as the blocked IO driver must not go on to sleep in
+    /// `epoll_wait`: the wake-up is in its futex token, which the re-check
+    /// consumes. Before this held, the driver slept through it (up to the
+    /// idle timeout), and meanwhile every push saw a "searching" worker and
+    /// woke nobody.
+    #[test]
+    fn driver_sees_an_unpark_that_came_before_it_blocked() {
+        let sh = two_workers();
+        let hour = Some(Duration::from_secs(3600));
+        // Nothing to do and no token: the driver may sleep.
+        assert!(sh.driver_recheck(0, hour).is_some());
+        // Woken before blocking: `unpark_driver` finds no blocked driver and
+        // only the token records the wake-up.
+        sh.unpark_worker(0);
+        assert!(sh.driver_recheck(0, hour).is_none());
+        // The token was consumed: the next idle round may sleep again.
+        assert!(sh.driver_recheck(0, hour).is_some());
+        // The whole driver path: returns at once instead of polling for an
+        // hour (a regression here hangs this test).
+        sh.unpark_worker(0);
+        assert_eq!(
+            sh.reactor.park_driver(0, || sh.driver_recheck(0, hour)),
+            Some(0)
+        );
+        // Woken while blocked: the eventfd interrupts the poll.
+        let sh2 = Arc::clone(&sh);
+        let waker = std::thread::spawn(move || {
+            while sh2.reactor.blocked_driver() != Some(1) {
+                std::thread::yield_now();
+            }
+            sh2.unpark_worker(1);
+        });
+        assert_eq!(
+            sh.reactor.park_driver(1, || sh.driver_recheck(1, hour)),
+            Some(0)
+        );
+        waker.join().expect("waker thread");
+    }
 }

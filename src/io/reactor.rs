@@ -67,8 +67,10 @@
 //! a SeqCst fence) and only then re-checks the run queues and deadlines;
 //! the scheduler's `unpark_worker` sets the futex token and then reads
 //! `blocked` (after the SeqCst fence of `notify_one` or a SeqCst load): as
-//! in the futex protocol, either the driver sees the work or the waker sees
-//! the driver and writes the eventfd. The waker swaps `blocked` to 0 first,
+//! in the futex protocol, either the driver sees the work and the token
+//! (its re-check consumes the token: a wake-up aimed at this very worker,
+//! which a notifier has already taken out of the idle set and counted as
+//! searching) or the waker sees the driver and writes the eventfd. The waker swaps `blocked` to 0 first,
 //! so one wake-up costs at most one `write`, and the common wake path
 //! (driver not blocked) costs one atomic load.
 
@@ -411,7 +413,8 @@ impl Reactor {
         }
         self.blocked.store(me + 1, Ordering::SeqCst);
         // Pairs with the SeqCst fence/loads of `unpark_driver`'s callers:
-        // either they see `blocked`, or `recheck` sees their work.
+        // either they see `blocked`, or `recheck` sees their work and their
+        // futex token.
         fence(Ordering::SeqCst);
         let mut dispatched = 0;
         if let Some(timeout) = recheck() {
@@ -420,6 +423,12 @@ impl Reactor {
         self.blocked.swap(0, Ordering::SeqCst);
         self.driver.store(false, Ordering::Release);
         Some(dispatched)
+    }
+
+    /// The worker blocked as the driver, if any (for tests).
+    #[cfg(test)]
+    pub(crate) fn blocked_driver(&self) -> Option<usize> {
+        self.blocked.load(Ordering::SeqCst).checked_sub(1)
     }
 
     /// Interrupts worker `i`'s `epoll_wait` if it is the blocked driver.
