@@ -105,9 +105,6 @@ impl LocalQueue {
     fn overflow(&self, h: u32, t: u32, task: Task, inj: &Injector) -> bool {
         let n = (LOCAL_CAP / 2) as u32;
         debug_assert_eq!(t.wrapping_sub(h), LOCAL_CAP as u32);
-        let batch: Vec<Task> = (0..n)
-            .map(|i| self.buf[(h.wrapping_add(i) & MASK) as usize].load(Ordering::Relaxed) as Task)
-            .collect();
         if self
             .head
             .compare_exchange(h, h.wrapping_add(n), Ordering::AcqRel, Ordering::Relaxed)
@@ -115,8 +112,35 @@ impl LocalQueue {
         {
             return false; // a thief made room; retry the push
         }
-        inj.push_batch(batch.into_iter().chain(std::iter::once(task)));
+        // The CAS took slots h..h+n out of every thief's range, and only the
+        // owner (this thread, busy here) writes slots: they still hold the
+        // tasks, read straight into the injector (no staging copy).
+        inj.push_batch(
+            (0..n)
+                .map(|i| {
+                    self.buf[(h.wrapping_add(i) & MASK) as usize].load(Ordering::Relaxed) as Task
+                })
+                .chain(std::iter::once(task)),
+        );
         true
+    }
+
+    /// Pushes the tasks of `parts`, which fit: at most `LOCAL_CAP -
+    /// self.len()` of them (the caller checked). Owner only. One `tail`
+    /// store for the whole batch.
+    fn push_fitting(&self, parts: [&[SendTask]; 2]) {
+        let t = self.tail.load(Ordering::Relaxed);
+        let mut n = 0u32;
+        for part in parts {
+            debug_assert!(self.len() + n as usize + part.len() <= LOCAL_CAP);
+            for task in part {
+                self.buf[(t.wrapping_add(n) & MASK) as usize]
+                    .store(task.0 as *mut _, Ordering::Relaxed);
+                n += 1;
+            }
+        }
+        // Release: a thief that sees the new tail sees the slots.
+        self.tail.store(t.wrapping_add(n), Ordering::Release);
     }
 
     /// Pops from the front. Owner only.
@@ -263,11 +287,7 @@ impl Injector {
 
     /// Pops up to `max` tasks: returns the first and pushes the rest into
     /// `dst` (the caller's own queue) when given.
-    pub(crate) fn pop_batch(
-        &self,
-        max: usize,
-        dst: Option<(&LocalQueue, &Injector)>,
-    ) -> Option<Task> {
+    pub(crate) fn pop_batch(&self, max: usize, dst: Option<&LocalQueue>) -> Option<Task> {
         if self.is_empty() {
             return None;
         }
@@ -275,14 +295,15 @@ impl Injector {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let first = q.pop_front()?.0;
         let mut taken = 1;
-        if let Some((lq, inj)) = dst {
+        if let Some(lq) = dst {
             // Never overflow `lq` (its overflow would re-enter this lock).
-            let max = max.min(LOCAL_CAP - lq.len() + 1);
-            while taken < max {
-                let Some(t) = q.pop_front() else { break };
-                lq.push(t.0, inj);
-                taken += 1;
-            }
+            let more = (max.min(LOCAL_CAP - lq.len() + 1) - 1).min(q.len());
+            let (a, b) = q.as_slices();
+            let from_a = more.min(a.len());
+            lq.push_fitting([&a[..from_a], &b[..more - from_a]]);
+            // Plain pointers: dropping the drain only moves the ring's head.
+            q.drain(..more);
+            taken += more;
         }
         self.len.fetch_sub(taken, Ordering::Release);
         Some(first)

@@ -549,8 +549,7 @@ impl Local {
     fn pop_injector(&self) -> Option<Task> {
         let sh = self.shared();
         let batch = (sh.injector.len() / sh.workers.len() + 1).min(crate::runqueue::LOCAL_CAP / 2);
-        sh.injector
-            .pop_batch(batch, Some((&self.me().queue, &sh.injector)))
+        sh.injector.pop_batch(batch, Some(&self.me().queue))
     }
 
     /// The slow part of `find_next`: injector, timers, stealing.
