@@ -360,6 +360,32 @@ pub(crate) fn report_exit(c: &ActorCell) {
 
 /// How long (TSC cycles) a plain thread spins in `join` before it parks.
 const JOIN_SPIN_CYCLES: u64 = 100_000;
+/// The longest spin of a thread in `block_on` on a runtime that leaves a
+/// core free (about 0.7 ms): see `join_spin_budget`.
+const JOIN_SPIN_MAX_CYCLES: u64 = 2_000_000;
+
+thread_local! {
+    /// How long (TSC cycles) this thread's last `block_on` wait took.
+    static LAST_BLOCK_ON_WAIT: std::cell::Cell<u64> = const { std::cell::Cell::new(u64::MAX) };
+}
+
+/// How long a plain thread spins in `join` before it parks. Waking a parked
+/// thread costs a system call and, on virtual machines, 20-45 µs before it
+/// runs, which is most of a short `block_on`. So a thread in `block_on` whose
+/// runtime leaves a core free (fewer workers than CPUs: the spin takes no
+/// time from the workers) spins for up to twice its last wait, if that was
+/// short (at most `JOIN_SPIN_MAX_CYCLES`): back-to-back short `block_on`s
+/// never sleep, while a long one (a server's main loop) spins only the base
+/// `JOIN_SPIN_CYCLES`, as every other plain-thread join does.
+fn join_spin_budget() -> u64 {
+    let spare = scheduler::block_on_spare_core() == Some(true);
+    let last = LAST_BLOCK_ON_WAIT.with(|l| l.get());
+    if spare && last <= JOIN_SPIN_MAX_CYCLES {
+        (2 * last).clamp(JOIN_SPIN_CYCLES, JOIN_SPIN_MAX_CYCLES)
+    } else {
+        JOIN_SPIN_CYCLES
+    }
+}
 
 /// An owned permission to join an actor (wait for its end and take its
 /// result). Dropping it detaches the actor.
@@ -412,13 +438,15 @@ impl<T> JoinHandle<T> {
             }
         }
         let _rel = Release(c);
-        if !scheduler::in_actor() {
-            // A plain thread (say, in `block_on`) spins briefly first: the
-            // actor often finishes within microseconds, and waking a parked
-            // thread costs far more than that on virtual machines.
-            let start = crate::preempt::rdtsc();
+        let plain = !scheduler::in_actor();
+        let start = crate::preempt::rdtsc();
+        if plain {
+            // A plain thread (say, in `block_on`) spins first: the actor
+            // often finishes within microseconds, and waking a parked thread
+            // costs far more than that on virtual machines.
+            let budget = join_spin_budget();
             while c.state.load(Ordering::Acquire) & ST_MASK != DONE
-                && crate::preempt::rdtsc().wrapping_sub(start) < JOIN_SPIN_CYCLES
+                && crate::preempt::rdtsc().wrapping_sub(start) < budget
             {
                 std::hint::spin_loop();
             }
@@ -433,6 +461,10 @@ impl<T> JoinHandle<T> {
                     park::park();
                 }
             }
+        }
+        if plain && scheduler::block_on_spare_core().is_some() {
+            let waited = crate::preempt::rdtsc().wrapping_sub(start);
+            LAST_BLOCK_ON_WAIT.with(|l| l.set(waited));
         }
         // DONE (Acquire): the outcome is published and no one else touches it.
         match c.outcome.get() {

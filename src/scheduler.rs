@@ -129,6 +129,9 @@ pub(crate) struct WorkerShared {
 /// State shared by every worker of a runtime and its handles.
 pub(crate) struct Shared {
     pub settings: Settings,
+    /// The machine has more CPUs than this runtime has workers: a thread
+    /// waiting in `block_on` may spin on the spare one (see `JoinHandle::join`).
+    pub spare_core: bool,
     pub stack_class: u8,
     pub workers: Box<[WorkerShared]>,
     pub injector: Injector,
@@ -169,7 +172,9 @@ impl Shared {
                 exited: AtomicU64::new(0),
             })
             .collect();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Arc::new(Shared {
+            spare_core: settings.threads < cpus,
             settings,
             stack_class,
             workers,
@@ -1127,6 +1132,15 @@ pub(crate) fn current_shared() -> Option<*const Shared> {
     }
     let e = ENTERED.with(|e| e.get());
     (!e.is_null()).then_some(e)
+}
+
+/// For a plain thread inside `block_on`: whether that runtime leaves a core
+/// free (`Shared::spare_core`). None outside `block_on`.
+pub(crate) fn block_on_spare_core() -> Option<bool> {
+    let e = ENTERED.with(|e| e.get());
+    // SAFETY: ENTERED is set only for the duration of `block_on`, which
+    // borrows the Runtime (and so its Shared) for all of it.
+    (!e.is_null()).then(|| unsafe { (*e).spare_core })
 }
 
 /// Marks this thread as being inside `block_on` of `sh` until the guard drops.
