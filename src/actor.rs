@@ -378,10 +378,18 @@ thread_local! {
 /// never sleep, while a long one (a server's main loop) spins only the base
 /// `JOIN_SPIN_CYCLES`, as every other plain-thread join does.
 fn join_spin_budget() -> u64 {
-    let spare = scheduler::block_on_spare_core() == Some(true);
-    let last = LAST_BLOCK_ON_WAIT.with(|l| l.get());
-    if spare && last <= JOIN_SPIN_MAX_CYCLES {
-        (2 * last).clamp(JOIN_SPIN_CYCLES, JOIN_SPIN_MAX_CYCLES)
+    spin_budget(
+        scheduler::block_on_spare_core(),
+        LAST_BLOCK_ON_WAIT.with(|l| l.get()),
+    )
+}
+
+/// The rule of [`join_spin_budget`]: `spare_core` is None outside
+/// `block_on`; `last_wait` is the thread's previous `block_on` wait in TSC
+/// cycles (`u64::MAX` before the first).
+fn spin_budget(spare_core: Option<bool>, last_wait: u64) -> u64 {
+    if spare_core == Some(true) && last_wait <= JOIN_SPIN_MAX_CYCLES {
+        (2 * last_wait).clamp(JOIN_SPIN_CYCLES, JOIN_SPIN_MAX_CYCLES)
     } else {
         JOIN_SPIN_CYCLES
     }
@@ -547,4 +555,30 @@ pub(crate) fn current_name() -> Option<String> {
     let c = scheduler::current_cell()?;
     // SAFETY: the running actor's cell is live; its name is immutable.
     unsafe { c.name() }.map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_on_spins_longer_only_on_a_spare_core_after_short_waits() {
+        // Outside block_on, or on a runtime using every core: the base spin.
+        assert_eq!(spin_budget(None, 1_000), JOIN_SPIN_CYCLES);
+        assert_eq!(spin_budget(Some(false), 1_000), JOIN_SPIN_CYCLES);
+        // The first block_on of a thread knows no previous wait.
+        assert_eq!(spin_budget(Some(true), u64::MAX), JOIN_SPIN_CYCLES);
+        // Short previous waits: twice the last one, never below the base.
+        assert_eq!(spin_budget(Some(true), 10_000), JOIN_SPIN_CYCLES);
+        assert_eq!(spin_budget(Some(true), 300_000), 600_000);
+        assert_eq!(
+            spin_budget(Some(true), JOIN_SPIN_MAX_CYCLES),
+            JOIN_SPIN_MAX_CYCLES
+        );
+        // A long previous wait (a server's main loop): back to the base.
+        assert_eq!(
+            spin_budget(Some(true), JOIN_SPIN_MAX_CYCLES + 1),
+            JOIN_SPIN_CYCLES
+        );
+    }
 }
