@@ -361,7 +361,7 @@ pub(crate) fn report_exit(c: &ActorCell) {
 /// How long (TSC cycles) a plain thread spins in `join` before it parks.
 const JOIN_SPIN_CYCLES: u64 = 100_000;
 /// The longest spin of a thread in `block_on` on a runtime that leaves a
-/// core free (about 0.7 ms): see `join_spin_budget`.
+/// core free (about 0.7 ms): see `spin_budget`.
 const JOIN_SPIN_MAX_CYCLES: u64 = 2_000_000;
 
 thread_local! {
@@ -377,16 +377,9 @@ thread_local! {
 /// short (at most `JOIN_SPIN_MAX_CYCLES`): back-to-back short `block_on`s
 /// never sleep, while a long one (a server's main loop) spins only the base
 /// `JOIN_SPIN_CYCLES`, as every other plain-thread join does.
-fn join_spin_budget() -> u64 {
-    spin_budget(
-        scheduler::block_on_spare_core(),
-        LAST_BLOCK_ON_WAIT.with(|l| l.get()),
-    )
-}
-
-/// The rule of [`join_spin_budget`]: `spare_core` is None outside
-/// `block_on`; `last_wait` is the thread's previous `block_on` wait in TSC
-/// cycles (`u64::MAX` before the first).
+/// `spare_core` is None outside `block_on` (`scheduler::block_on_spare_core`);
+/// `last_wait` is the thread's previous `block_on` wait in TSC cycles
+/// (`u64::MAX` before the first).
 fn spin_budget(spare_core: Option<bool>, last_wait: u64) -> u64 {
     if spare_core == Some(true) && last_wait <= JOIN_SPIN_MAX_CYCLES {
         (2 * last_wait).clamp(JOIN_SPIN_CYCLES, JOIN_SPIN_MAX_CYCLES)
@@ -447,12 +440,18 @@ impl<T> JoinHandle<T> {
         }
         let _rel = Release(c);
         let plain = !scheduler::in_actor();
+        // Some(..) only for the plain thread of a `block_on`.
+        let spare_core = if plain {
+            scheduler::block_on_spare_core()
+        } else {
+            None
+        };
         let start = crate::preempt::rdtsc();
         if plain {
             // A plain thread (say, in `block_on`) spins first: the actor
             // often finishes within microseconds, and waking a parked thread
             // costs far more than that on virtual machines.
-            let budget = join_spin_budget();
+            let budget = spin_budget(spare_core, LAST_BLOCK_ON_WAIT.with(|l| l.get()));
             while c.state.load(Ordering::Acquire) & ST_MASK != DONE
                 && crate::preempt::rdtsc().wrapping_sub(start) < budget
             {
@@ -470,7 +469,7 @@ impl<T> JoinHandle<T> {
                 }
             }
         }
-        if plain && scheduler::block_on_spare_core().is_some() {
+        if spare_core.is_some() {
             let waited = crate::preempt::rdtsc().wrapping_sub(start);
             LAST_BLOCK_ON_WAIT.with(|l| l.set(waited));
         }

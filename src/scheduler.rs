@@ -1130,6 +1130,11 @@ pub(crate) fn current_shared() -> Option<*const Shared> {
         // SAFETY: as in in_actor.
         return Some(unsafe { (*l).shared });
     }
+    entered()
+}
+
+/// The runtime whose `block_on` this thread is in, if any.
+fn entered() -> Option<*const Shared> {
     let e = ENTERED.with(|e| e.get());
     (!e.is_null()).then_some(e)
 }
@@ -1137,10 +1142,9 @@ pub(crate) fn current_shared() -> Option<*const Shared> {
 /// For a plain thread inside `block_on`: whether that runtime leaves a core
 /// free (`Shared::spare_core`). None outside `block_on`.
 pub(crate) fn block_on_spare_core() -> Option<bool> {
-    let e = ENTERED.with(|e| e.get());
     // SAFETY: ENTERED is set only for the duration of `block_on`, which
     // borrows the Runtime (and so its Shared) for all of it.
-    (!e.is_null()).then(|| unsafe { (*e).spare_core })
+    entered().map(|e| unsafe { (*e).spare_core })
 }
 
 /// Marks this thread as being inside `block_on` of `sh` until the guard drops.

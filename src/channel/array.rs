@@ -318,11 +318,8 @@ impl<T> Channel<T> {
 
     #[inline(never)]
     fn send_slow(&self, value: T, deadline: Option<Instant>) -> Result<(), SendTimeoutError<T>> {
-        let value = match self.push(value) {
-            Ok(()) => {
-                self.receivers.notify_one();
-                return Ok(());
-            }
+        let value = match self.try_send(value) {
+            Ok(()) => return Ok(()),
             Err(TrySendError::Disconnected(v)) => return Err(SendTimeoutError::Disconnected(v)),
             Err(TrySendError::Full(v)) => v,
         };
@@ -376,11 +373,8 @@ impl<T> Channel<T> {
 
     #[inline(never)]
     fn recv_slow(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
-        match self.pop() {
-            Ok(v) => {
-                self.senders.notify_one();
-                return Ok(v);
-            }
+        match self.try_recv() {
+            Ok(v) => return Ok(v),
             Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
             Err(TryRecvError::Empty) => {}
         }

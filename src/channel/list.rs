@@ -333,6 +333,18 @@ impl<T> Channel<T> {
             Self::wait_written(slot);
         }
         // SAFETY: the slot is ours (the contract) and written.
+        unsafe { Self::take_written(slot) }
+    }
+
+    /// Moves the value out of a claimed slot whose `written` flag this
+    /// context has seen set (Acquire), and marks the slot read.
+    ///
+    /// # Safety
+    /// The caller claimed `slot` by CAS of `head`, has not read it, and saw
+    /// it written.
+    #[inline(always)]
+    unsafe fn take_written(slot: &Slot<T>) -> T {
+        // SAFETY: the contract.
         let v = unsafe { (*slot.value.get()).assume_init_read() };
         // Release pairs with the Acquire in `Block::wait_all_read`.
         slot.read.store(true, Ordering::Release);
@@ -409,16 +421,16 @@ impl<T> Channel<T> {
                             self.head.index.fetch_add(1, Ordering::Release);
                         }
                         let slot = &(*block).slots[offset];
+                        if offset + 1 < BLOCK_CAP {
+                            return Ok(Self::take_claimed(slot));
+                        }
+                        // The last slot: its reader retires the block
+                        // instead of marking the slot read.
                         if !slot.written.load(Ordering::Acquire) {
                             Self::wait_written(slot);
                         }
                         let v = (*slot.value.get()).assume_init_read();
-                        if offset + 1 == BLOCK_CAP {
-                            self.retire(block);
-                        } else {
-                            // Release pairs with the destroyer's Acquire.
-                            slot.read.store(true, Ordering::Release);
-                        }
+                        self.retire(block);
                         return Ok(v);
                     }
                 }
@@ -452,12 +464,9 @@ impl<T> Channel<T> {
         // anything else is one call (no state kept across it).
         match self.claim_fast() {
             // Acquire pairs with the writer's Release `written`.
+            // SAFETY: just claimed; the value is written.
             Some(slot) if slot.written.load(Ordering::Acquire) => {
-                // SAFETY: just claimed; the value is written.
-                let v = unsafe { (*slot.value.get()).assume_init_read() };
-                // Release pairs with the Acquire in `Block::wait_all_read`.
-                slot.read.store(true, Ordering::Release);
-                Ok(v)
+                Ok(unsafe { Self::take_written(slot) })
             }
             // SAFETY: just claimed.
             Some(slot) => unsafe { Self::recv_unwritten(slot) },

@@ -70,9 +70,10 @@
 //! in the futex protocol, either the driver sees the work and the token
 //! (its re-check consumes the token: a wake-up aimed at this very worker,
 //! which a notifier has already taken out of the idle set and counted as
-//! searching) or the waker sees the driver and writes the eventfd. The waker swaps `blocked` to 0 first,
-//! so one wake-up costs at most one `write`, and the common wake path
-//! (driver not blocked) costs one atomic load.
+//! searching) or the waker sees the driver and writes the eventfd. The
+//! waker swaps `blocked` to 0 first, so one wake-up costs at most one
+//! `write`, and the common wake path (driver not blocked) costs one atomic
+//! load.
 
 use std::cell::UnsafeCell;
 use std::io;
