@@ -7,6 +7,7 @@ use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use crate::cell::{
     self, ActorCell, BodyVTable, ACTIVE, DONE, JOIN_WAITING, OUT_PANIC, OUT_TAKEN, OUT_VALUE,
@@ -361,30 +362,65 @@ pub(crate) fn report_exit(c: &ActorCell) {
 /// How long (TSC cycles) a plain thread spins in `join` before it parks.
 const JOIN_SPIN_CYCLES: u64 = 100_000;
 /// The longest spin of a thread in `block_on` on a runtime that leaves a
-/// core free (about 0.7 ms): see `spin_budget`.
+/// core free (about 0.7 ms): see `wait_plan`.
 const JOIN_SPIN_MAX_CYCLES: u64 = 2_000_000;
+/// How long before the predicted end of a long `block_on` wait its thread
+/// wakes from a timed nap to spin (timer slack, 50 µs by default, plus the
+/// wake-up of a sleeping thread, plus the run-to-run spread of the work).
+const NAP_LEAD: Duration = Duration::from_micros(300);
 
-thread_local! {
-    /// How long (TSC cycles) this thread's last `block_on` wait took.
-    static LAST_BLOCK_ON_WAIT: std::cell::Cell<u64> = const { std::cell::Cell::new(u64::MAX) };
+/// One `block_on` wait of a thread, in TSC cycles and in time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Wait {
+    cycles: u64,
+    time: Duration,
 }
 
-/// How long a plain thread spins in `join` before it parks. Waking a parked
-/// thread costs a system call and, on virtual machines, 20-45 µs before it
-/// runs, which is most of a short `block_on`. So a thread in `block_on` whose
-/// runtime leaves a core free (fewer workers than CPUs: the spin takes no
-/// time from the workers) spins for up to twice its last wait, if that was
-/// short (at most `JOIN_SPIN_MAX_CYCLES`): back-to-back short `block_on`s
-/// never sleep, while a long one (a server's main loop) spins only the base
-/// `JOIN_SPIN_CYCLES`, as every other plain-thread join does.
-/// `spare_core` is None outside `block_on` (`scheduler::block_on_spare_core`);
-/// `last_wait` is the thread's previous `block_on` wait in TSC cycles
-/// (`u64::MAX` before the first).
-fn spin_budget(spare_core: Option<bool>, last_wait: u64) -> u64 {
-    if spare_core == Some(true) && last_wait <= JOIN_SPIN_MAX_CYCLES {
-        (2 * last_wait).clamp(JOIN_SPIN_CYCLES, JOIN_SPIN_MAX_CYCLES)
-    } else {
-        JOIN_SPIN_CYCLES
+thread_local! {
+    /// This thread's previous `block_on` wait (None before the first).
+    static LAST_BLOCK_ON_WAIT: std::cell::Cell<Option<Wait>> = const { std::cell::Cell::new(None) };
+}
+
+/// How a plain thread waits in `join`: first a timed nap of `nap` (if
+/// any, with the joiner registered so that an earlier end cuts it short),
+/// then a spin of up to `spin` TSC cycles, then an untimed park.
+#[derive(Debug, PartialEq)]
+struct WaitPlan {
+    nap: Option<Duration>,
+    spin: u64,
+}
+
+/// Waking a parked thread costs a system call and, on virtual machines,
+/// 20-50 µs before it runs: a short `block_on` would be mostly that, and a
+/// long one pays it at its end. So a thread in `block_on` whose runtime
+/// leaves a core free (fewer workers than CPUs: the spin takes no time
+/// from the workers) spends its spin where the end is expected, judging by
+/// its previous wait:
+/// - after a short wait (at most `JOIN_SPIN_MAX_CYCLES`) it spins twice
+///   that long, so back-to-back short `block_on`s never sleep;
+/// - after a long one it naps until `NAP_LEAD` before that wait's length,
+///   then spins up to `JOIN_SPIN_MAX_CYCLES`; an end during the nap wakes
+///   it as a plain park would, one later than the spin parks.
+///
+/// Everywhere else (outside `block_on`, a runtime that uses every core, the
+/// first `block_on` of a thread) it spins the base `JOIN_SPIN_CYCLES` and
+/// parks. `spare_core` is None outside `block_on`
+/// (`scheduler::block_on_spare_core`).
+fn wait_plan(spare_core: Option<bool>, last: Option<Wait>) -> WaitPlan {
+    let base = WaitPlan {
+        nap: None,
+        spin: JOIN_SPIN_CYCLES,
+    };
+    match (spare_core, last) {
+        (Some(true), Some(last)) if last.cycles <= JOIN_SPIN_MAX_CYCLES => WaitPlan {
+            nap: None,
+            spin: (2 * last.cycles).clamp(JOIN_SPIN_CYCLES, JOIN_SPIN_MAX_CYCLES),
+        },
+        (Some(true), Some(last)) => WaitPlan {
+            nap: Some(last.time.saturating_sub(NAP_LEAD)),
+            spin: JOIN_SPIN_MAX_CYCLES,
+        },
+        _ => base,
     }
 }
 
@@ -428,6 +464,12 @@ impl<T> JoinHandle<T> {
     /// # Errors
     /// `Err(payload)` when the actor panicked or was killed.
     pub fn join(self) -> Result<T, Box<dyn Any + Send + 'static>> {
+        self.wait(false)
+    }
+
+    /// `join`. `woke_worker`: spawning the actor woke a sleeping worker
+    /// (`Runtime::block_on` knows), which may have been put on this CPU.
+    pub(crate) fn wait(self, woke_worker: bool) -> Result<T, Box<dyn Any + Send + 'static>> {
         let this = ManuallyDrop::new(self);
         let c = this.cell;
         // Release the handle's reference however we leave (even by a kill).
@@ -446,32 +488,65 @@ impl<T> JoinHandle<T> {
         } else {
             None
         };
-        let start = crate::preempt::rdtsc();
+        let done = || c.state.load(Ordering::Acquire) & ST_MASK == DONE;
+        let mut registered = false;
+        let register = || {
+            // SAFETY: JOIN_WAITING is not set yet (`registered` is false),
+            // so the finishing side does not read `joiner`; we are its only
+            // writer.
+            unsafe { *c.joiner.get() = Some(park::current()) };
+            c.state.fetch_or(JOIN_WAITING, Ordering::AcqRel);
+        };
+        // The wait is timed only in `block_on` (for the next one's plan).
+        let (start_tsc, start_time) = (crate::preempt::rdtsc(), spare_core.map(|_| Instant::now()));
         if plain {
             // A plain thread (say, in `block_on`) spins first: the actor
             // often finishes within microseconds, and waking a parked thread
             // costs far more than that on virtual machines.
-            let budget = spin_budget(spare_core, LAST_BLOCK_ON_WAIT.with(|l| l.get()));
-            while c.state.load(Ordering::Acquire) & ST_MASK != DONE
-                && crate::preempt::rdtsc().wrapping_sub(start) < budget
-            {
+            let plan = wait_plan(spare_core, LAST_BLOCK_ON_WAIT.with(|l| l.get()));
+            match (plan.nap, start_time) {
+                (Some(nap), Some(t0)) => {
+                    register();
+                    registered = true;
+                    let wake_at = t0 + nap;
+                    while !done() {
+                        let now = Instant::now();
+                        if now >= wake_at {
+                            break;
+                        }
+                        std::thread::park_timeout(wake_at - now);
+                    }
+                }
+                // The worker that spawning the actor woke may have been put
+                // on this CPU, where it would wait out our spin: let it run
+                // first. (Measured on 2 CPUs: `block_on` of an idle runtime
+                // started its actor 15 µs after the call instead of 47. Not
+                // when no worker was woken: back-to-back short `block_on`s
+                // lost a third of their speed to the yield.)
+                _ if woke_worker && !done() => std::thread::yield_now(),
+                _ => {}
+            }
+            let spin_start = crate::preempt::rdtsc();
+            while !done() && crate::preempt::rdtsc().wrapping_sub(spin_start) < plan.spin {
                 std::hint::spin_loop();
             }
         }
-        if c.state.load(Ordering::Acquire) & ST_MASK != DONE {
-            // SAFETY: JOIN_WAITING is not set yet, so the finishing side does
-            // not read `joiner`; we are its only writer.
-            unsafe { *c.joiner.get() = Some(park::current()) };
-            let s = c.state.fetch_or(JOIN_WAITING, Ordering::AcqRel);
-            if s & ST_MASK != DONE {
-                while c.state.load(Ordering::Acquire) & ST_MASK != DONE {
-                    park::park();
-                }
+        if !done() {
+            if !registered {
+                register();
+            }
+            while !done() {
+                park::park();
             }
         }
-        if spare_core.is_some() {
-            let waited = crate::preempt::rdtsc().wrapping_sub(start);
-            LAST_BLOCK_ON_WAIT.with(|l| l.set(waited));
+        if let Some(t0) = start_time {
+            let cycles = crate::preempt::rdtsc().wrapping_sub(start_tsc);
+            LAST_BLOCK_ON_WAIT.with(|l| {
+                l.set(Some(Wait {
+                    cycles,
+                    time: t0.elapsed(),
+                }))
+            });
         }
         // DONE (Acquire): the outcome is published and no one else touches it.
         match c.outcome.get() {
@@ -561,23 +636,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn block_on_spins_longer_only_on_a_spare_core_after_short_waits() {
+    fn block_on_spends_its_spin_where_the_end_is_expected() {
+        let short = |cycles| {
+            Some(Wait {
+                cycles,
+                time: Duration::from_micros(cycles / 3_000),
+            })
+        };
+        let spin = |spin| WaitPlan { nap: None, spin };
         // Outside block_on, or on a runtime using every core: the base spin.
-        assert_eq!(spin_budget(None, 1_000), JOIN_SPIN_CYCLES);
-        assert_eq!(spin_budget(Some(false), 1_000), JOIN_SPIN_CYCLES);
+        assert_eq!(wait_plan(None, short(1_000)), spin(JOIN_SPIN_CYCLES));
+        assert_eq!(wait_plan(Some(false), short(1_000)), spin(JOIN_SPIN_CYCLES));
         // The first block_on of a thread knows no previous wait.
-        assert_eq!(spin_budget(Some(true), u64::MAX), JOIN_SPIN_CYCLES);
+        assert_eq!(wait_plan(Some(true), None), spin(JOIN_SPIN_CYCLES));
         // Short previous waits: twice the last one, never below the base.
-        assert_eq!(spin_budget(Some(true), 10_000), JOIN_SPIN_CYCLES);
-        assert_eq!(spin_budget(Some(true), 300_000), 600_000);
+        assert_eq!(wait_plan(Some(true), short(10_000)), spin(JOIN_SPIN_CYCLES));
+        assert_eq!(wait_plan(Some(true), short(300_000)), spin(600_000));
         assert_eq!(
-            spin_budget(Some(true), JOIN_SPIN_MAX_CYCLES),
-            JOIN_SPIN_MAX_CYCLES
+            wait_plan(Some(true), short(JOIN_SPIN_MAX_CYCLES)),
+            spin(JOIN_SPIN_MAX_CYCLES)
         );
-        // A long previous wait (a server's main loop): back to the base.
+        // A long previous wait: a nap until shortly before its length, then
+        // the longest spin.
+        let long = Wait {
+            cycles: 36_000_000,
+            time: Duration::from_millis(12),
+        };
         assert_eq!(
-            spin_budget(Some(true), JOIN_SPIN_MAX_CYCLES + 1),
-            JOIN_SPIN_CYCLES
+            wait_plan(Some(true), Some(long)),
+            WaitPlan {
+                nap: Some(Duration::from_millis(12) - NAP_LEAD),
+                spin: JOIN_SPIN_MAX_CYCLES
+            }
         );
+        // A long one on a runtime using every core: still the base.
+        assert_eq!(wait_plan(Some(false), Some(long)), spin(JOIN_SPIN_CYCLES));
     }
 }

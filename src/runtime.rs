@@ -293,8 +293,10 @@ impl Runtime {
         T: Send + 'static,
     {
         let _enter = scheduler::enter(Arc::as_ptr(&self.shared));
+        let wakes = self.shared.idle_wakes();
         let h = spawn_on(&self.shared, f, None, None, None);
-        match h.join() {
+        let woke = self.shared.idle_wakes() != wakes;
+        match h.wait(woke) {
             Ok(v) => v,
             Err(p) => std::panic::resume_unwind(p),
         }

@@ -139,6 +139,9 @@ pub(crate) struct Shared {
     idle: Mutex<Vec<usize>>,
     num_idle: AtomicUsize,
     num_searching: AtomicUsize,
+    /// Sleeping workers woken so far (`Runtime::block_on` compares it
+    /// around its spawn to learn whether the spawn woke one).
+    idle_wakes: AtomicU64,
     pub shutdown: AtomicBool,
     /// Actors spawned from outside the runtime's threads.
     ext_spawned: AtomicU64,
@@ -182,6 +185,7 @@ impl Shared {
             idle: Mutex::new(Vec::new()),
             num_idle: AtomicUsize::new(0),
             num_searching: AtomicUsize::new(0),
+            idle_wakes: AtomicU64::new(0),
             shutdown: AtomicBool::new(false),
             ext_spawned: AtomicU64::new(0),
             exited_workers: Mutex::new(0),
@@ -245,9 +249,15 @@ impl Shared {
             self.num_idle.store(idle.len(), Ordering::Relaxed);
             // The woken worker starts out searching (counted for it here).
             self.num_searching.fetch_add(1, Ordering::SeqCst);
+            self.idle_wakes.fetch_add(1, Ordering::Relaxed);
             drop(idle);
             self.unpark_worker(i);
         }
+    }
+
+    /// How many sleeping workers have been woken so far.
+    pub(crate) fn idle_wakes(&self) -> u64 {
+        self.idle_wakes.load(Ordering::Relaxed)
     }
 
     /// Wakes worker `i` from its futex or, if it is the IO driver blocked in

@@ -101,6 +101,42 @@ fn block_on_can_be_called_repeatedly() {
 }
 
 #[test]
+fn block_on_after_long_and_short_waits_returns_every_value() {
+    // A one-thread runtime leaves a core free on a multi-core machine, so the
+    // waiting thread plans its wait from the previous one: after a long wait
+    // it naps first and must still return an earlier end (here: at once),
+    // and after a short one it only spins. Every value must come back.
+    let rt = rt(1);
+    let long = || {
+        smarm::sleep(Duration::from_millis(20));
+        1u32
+    };
+    for round in 0..3u32 {
+        assert_eq!(rt.block_on(long), 1);
+        assert_eq!(rt.block_on(move || round + 10), round + 10);
+        assert_eq!(rt.block_on(move || round + 20), round + 20);
+        assert_eq!(rt.block_on(long), 1);
+    }
+    // The same from several plain threads at once, each with its own
+    // history of waits.
+    let rt = Arc::new(rt);
+    let threads: Vec<_> = (0..3u32)
+        .map(|t| {
+            let rt = rt.clone();
+            std::thread::spawn(move || {
+                for i in 0..4u32 {
+                    assert_eq!(rt.block_on(long), 1);
+                    assert_eq!(rt.block_on(move || t * 100 + i), t * 100 + i);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a block_on thread failed");
+    }
+}
+
+#[test]
 fn block_on_reraises_the_panic() {
     let rt = rt(1);
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
