@@ -38,6 +38,8 @@ mod stack;
 pub mod supervisor;
 mod time;
 mod timer;
+#[cfg(all(feature = "fast-unwind", not(target_feature = "crt-static")))]
+mod unwind;
 
 pub use actor::{
     kill, self_pid, spawn, spawn_under, yield_now, Builder, JoinHandle, Killed, Pid, Signal,
@@ -54,4 +56,14 @@ pub mod __private {
     //! Support for smarm's own benchmarks and tests; not a public API.
     pub use crate::stack::{guard_mode, pool_stats, trim as trim_stacks, PoolStats, MAX_WARM};
     pub use crate::time::raw_switch_pingpong;
+
+    /// For the calling thread: (actor panics unwound by smarm's own
+    /// unwinder, actor panics it handed to the system unwinder); None
+    /// without the `fast-unwind` feature.
+    pub fn unwind_stats() -> Option<(usize, usize)> {
+        #[cfg(all(feature = "fast-unwind", not(target_feature = "crt-static")))]
+        return Some(crate::unwind::stats());
+        #[cfg(not(all(feature = "fast-unwind", not(target_feature = "crt-static"))))]
+        None
+    }
 }

@@ -161,6 +161,8 @@ unsafe impl Send for Shared {}
 
 impl Shared {
     pub(crate) fn new(settings: Settings) -> std::io::Result<Arc<Shared>> {
+        #[cfg(all(feature = "fast-unwind", not(target_feature = "crt-static")))]
+        crate::unwind::init();
         let stack_class = stack::class_for(settings.stack_size)?;
         let workers = (0..settings.threads)
             .map(|_| WorkerShared {
