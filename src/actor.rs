@@ -347,7 +347,14 @@ pub(crate) fn report_exit(c: &ActorCell) {
             // SAFETY: the outcome is ours until DONE is published.
             let slot = unsafe { &mut *c.panic.get() };
             let orig = slot.take().expect("panic payload");
-            *slot = Some(copy_payload(orig.as_ref()));
+            // The join result keeps a copy, unless no JoinHandle is left to
+            // read it (only the actor's own reference: a dropped handle
+            // never comes back).
+            if c.refs.load(Ordering::Acquire) > 1 {
+                *slot = Some(copy_payload(orig.as_ref()));
+            } else {
+                *slot = Some(Box::new(()));
+            }
             Signal::Panic(pid, orig)
         }
         _ => Signal::Exit(pid),

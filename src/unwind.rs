@@ -312,16 +312,17 @@ pub unsafe extern "C" fn smarm_unwind_raise(exc: *mut Exception, regs: &Regs) ->
         return fallback(&REAL_RAISE);
     }
     // Phase 1: find the handler, changing nothing.
+    let mut rows = Rows::of_this_thread();
     let mut ctx = Context::new(regs);
     let handler = loop {
-        let Some(row) = row_for(ctx.regs[RIP]) else {
+        let Some(row) = rows.get(ctx.regs[RIP]) else {
             return hand_over();
         };
         if row.personality != 0 {
             ctx.lsda = row.lsda;
             ctx.func_start = row.func_start;
             // SAFETY: `row.personality` is Rust's personality routine
-            // (`row_for` rejects others); the exception is the caller's.
+            // (`run_fde` rejects others); the exception is the caller's.
             let code = unsafe {
                 personality(row.personality)(1, UA_SEARCH_PHASE, (*exc).class, exc, &mut ctx)
             };
@@ -332,7 +333,7 @@ pub unsafe extern "C" fn smarm_unwind_raise(exc: *mut Exception, regs: &Regs) ->
             }
         }
         // SAFETY: the row describes the live frame `ctx` is at.
-        match unsafe { step(&mut ctx, &row) } {
+        match unsafe { step(&mut ctx, row) } {
             Step::Caller => {}
             Step::End => return ret(URC_END_OF_STACK),
             Step::Unsupported => return hand_over(),
@@ -346,7 +347,7 @@ pub unsafe extern "C" fn smarm_unwind_raise(exc: *mut Exception, regs: &Regs) ->
     STATS.with(|s| s.set((s.get().0 + 1, s.get().1)));
     // Phase 2: run the cleanups from the same frame on.
     // SAFETY: as above; the frames are still live.
-    unsafe { cleanup(exc, Context::new(regs), &REAL_RAISE) }
+    unsafe { cleanup(exc, Context::new(regs), rows, &REAL_RAISE) }
 }
 
 /// `_Unwind_Resume`: continues the cleanup walk from a landing pad's frame.
@@ -361,7 +362,14 @@ pub unsafe extern "C" fn smarm_unwind_resume(exc: *mut Exception, regs: &Regs) -
         return fallback(&REAL_RESUME);
     }
     // SAFETY: as above.
-    let r = unsafe { cleanup(exc, Context::new(regs), &REAL_RESUME) };
+    let r = unsafe {
+        cleanup(
+            exc,
+            Context::new(regs),
+            Rows::of_this_thread(),
+            &REAL_RESUME,
+        )
+    };
     if r.fallback == 0 {
         // libgcc aborts here too: the walk lost its handler frame.
         die(b"smarm: unwinding failed to reach its handler frame\n");
@@ -372,11 +380,11 @@ pub unsafe extern "C" fn smarm_unwind_resume(exc: *mut Exception, regs: &Regs) -
 /// Phase 2 from `ctx` up to the handler frame (`private_2`). Installs the
 /// first landing pad a personality routine asks for; hands over to `system`
 /// (before any side effect) if a frame is not supported.
-unsafe fn cleanup(exc: *mut Exception, mut ctx: Context, system: &Next) -> Ret {
+unsafe fn cleanup(exc: *mut Exception, mut ctx: Context, mut rows: Rows, system: &Next) -> Ret {
     // SAFETY: the caller's contract.
     let target = unsafe { (*exc).private_2 } as u64;
     loop {
-        let Some(row) = row_for(ctx.regs[RIP]) else {
+        let Some(row) = rows.get(ctx.regs[RIP]) else {
             return fallback(system);
         };
         let at_handler = ctx.regs[RSP] == target;
@@ -398,7 +406,7 @@ unsafe fn cleanup(exc: *mut Exception, mut ctx: Context, system: &Next) -> Ret {
             return ret(URC_FATAL_PHASE2_ERROR);
         }
         // SAFETY: as in phase 1.
-        match unsafe { step(&mut ctx, &row) } {
+        match unsafe { step(&mut ctx, row) } {
             Step::Caller => {}
             Step::End => return ret(URC_FATAL_PHASE2_ERROR),
             Step::Unsupported => return fallback(system),
@@ -427,20 +435,19 @@ unsafe fn step(ctx: &mut Context, row: &Row) -> Step {
         return Step::End;
     }
     let cfa = ctx.regs[row.cfa_reg as usize].wrapping_add(row.cfa_off as u64);
-    let mut next = ctx.regs;
     for (k, &reg) in TRACKED.iter().enumerate() {
         match row.saved[k] {
             SAME => {}
             UNDEFINED => return Step::Unsupported,
             off => {
                 // SAFETY: the frame's CFI says the register is saved there,
-                // inside the live stack.
-                next[reg] = unsafe { *(cfa.wrapping_add(off as i64 as u64) as *const u64) };
+                // inside the live stack. (Reads do not depend on registers
+                // already updated: the CFA is computed first.)
+                ctx.regs[reg] = unsafe { *(cfa.wrapping_add(off as i64 as u64) as *const u64) };
             }
         }
     }
-    next[RSP] = cfa;
-    ctx.regs = next;
+    ctx.regs[RSP] = cfa;
     Step::Caller
 }
 
@@ -448,25 +455,35 @@ unsafe fn step(ctx: &mut Context, row: &Row) -> Step {
 // Rows: the cache and the decoding of CFI
 // ---------------------------------------------------------------------------
 
-/// The row for return address `pc`, from the cache or decoded; None when
-/// the frame is not one this unwinder supports.
-fn row_for(pc: u64) -> Option<Row> {
-    let slot = ((pc ^ (pc >> 9)) as usize) % CACHE_SLOTS;
-    CACHE.with(|c| {
-        // SAFETY: the cache is this thread's; no other reference to it
-        // exists while this closure runs (decoding does not re-enter).
-        // (Built on the heap directly: the array would not fit a small
-        // actor stack.)
-        let cache = unsafe { &mut *c.get() }
-            .get_or_insert_with(|| vec![Row::EMPTY; CACHE_SLOTS].into_boxed_slice());
-        let cached = cache[slot];
-        if cached.pc == pc && pc != 0 {
-            return Some(cached);
+/// This thread's row cache, taken once per walk (a walk never suspends:
+/// only the landing pads it enters can, and each resume starts a new walk).
+struct Rows(*mut Row);
+
+impl Rows {
+    fn of_this_thread() -> Rows {
+        CACHE.with(|c| {
+            // SAFETY: the cache is this thread's and no reference to it is
+            // live outside a walk. (Built on the heap directly: the array
+            // would not fit a small actor stack.)
+            let cache = unsafe { &mut *c.get() }
+                .get_or_insert_with(|| vec![Row::EMPTY; CACHE_SLOTS].into_boxed_slice());
+            Rows(cache.as_mut_ptr())
+        })
+    }
+
+    /// The row for return address `pc`, from the cache or decoded; None
+    /// when the frame is not one this unwinder supports.
+    fn get(&mut self, pc: u64) -> Option<&Row> {
+        let slot = ((pc ^ (pc >> 9)) as usize) % CACHE_SLOTS;
+        // SAFETY: slot < CACHE_SLOTS, inside this thread's cache, which
+        // lives until the thread ends; `&mut self` keeps one row borrowed
+        // at a time.
+        let row = unsafe { &mut *self.0.add(slot) };
+        if row.pc != pc || pc == 0 {
+            *row = decode(pc)?;
         }
-        let row = decode(pc)?;
-        cache[slot] = row;
         Some(row)
-    })
+    }
 }
 
 /// glibc's `struct dl_find_object`.
