@@ -1145,6 +1145,14 @@ pub(crate) fn current_shared() -> Option<*const Shared> {
     entered()
 }
 
+/// True when the running actor's runtime is being shut down.
+pub(crate) fn shutting_down() -> bool {
+    let l = local_fast();
+    // SAFETY: a non-null LOCAL is this thread's live worker state, and its
+    // Shared outlives the worker loop.
+    !l.is_null() && unsafe { (*(*l).shared).shutdown.load(Ordering::Acquire) }
+}
+
 /// The runtime whose `block_on` this thread is in, if any.
 fn entered() -> Option<*const Shared> {
     let e = ENTERED.with(|e| e.get());

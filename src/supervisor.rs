@@ -409,6 +409,13 @@ impl State {
             }
             return;
         }
+        if crate::scheduler::shutting_down() {
+            // The runtime is being dropped: its kill reached this child
+            // first and will reach us too. A restart would only start a
+            // child that is killed at once (and count against the
+            // intensity); end as killed now, stopping the others (`Drop`).
+            std::panic::resume_unwind(Box::new(Killed));
+        }
         if !self.note_restart() {
             self.escalate(i, &end);
         }
