@@ -511,30 +511,41 @@ impl<T> JoinHandle<T> {
             // often finishes within microseconds, and waking a parked thread
             // costs far more than that on virtual machines.
             let plan = wait_plan(spare_core, LAST_BLOCK_ON_WAIT.with(|l| l.get()));
-            match (plan.nap, start_time) {
-                (Some(nap), Some(t0)) => {
-                    register();
-                    registered = true;
-                    let wake_at = t0 + nap;
-                    while !done() {
-                        let now = Instant::now();
-                        if now >= wake_at {
-                            break;
-                        }
-                        std::thread::park_timeout(wake_at - now);
+            if let (Some(nap), Some(t0)) = (plan.nap, start_time) {
+                register();
+                registered = true;
+                let wake_at = t0 + nap;
+                while !done() {
+                    let now = Instant::now();
+                    if now >= wake_at {
+                        break;
                     }
+                    std::thread::park_timeout(wake_at - now);
                 }
-                // The worker that spawning the actor woke may have been put
-                // on this CPU, where it would wait out our spin: let it run
-                // first. (Measured on 2 CPUs: `block_on` of an idle runtime
-                // started its actor 15 µs after the call instead of 47. Not
-                // when no worker was woken: back-to-back short `block_on`s
-                // lost a third of their speed to the yield.)
-                _ if woke_worker && !done() => std::thread::yield_now(),
-                _ => {}
             }
+            // When spawning the actor woke a sleeping worker, the kernel may
+            // have put that worker on this CPU, where it would wait out our
+            // spin. With a CPU to spare, yield it once and then spin
+            // (measured on 2 CPUs: an idle one-thread runtime started its
+            // actor 8 µs after `block_on` instead of 30); on a runtime using
+            // every CPU, do not spin at all: the actor cannot end before the
+            // worker has woken, and a spinning caller only holds a CPU the
+            // workers need (a yield there instead measured deep_recursion mt
+            // at 146-167 µs a round against 101-105). Without a wake, no
+            // yield: back-to-back short `block_on`s lost a third of their
+            // speed to it.
+            let spin = match (woke_worker, spare_core) {
+                (true, Some(true)) => {
+                    if !done() {
+                        std::thread::yield_now();
+                    }
+                    plan.spin
+                }
+                (true, Some(false)) => 0,
+                _ => plan.spin,
+            };
             let spin_start = crate::preempt::rdtsc();
-            while !done() && crate::preempt::rdtsc().wrapping_sub(spin_start) < plan.spin {
+            while !done() && crate::preempt::rdtsc().wrapping_sub(spin_start) < spin {
                 std::hint::spin_loop();
             }
         }
