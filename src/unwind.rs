@@ -533,8 +533,10 @@ impl Reader {
         self.0 = self.0.wrapping_add(core::mem::size_of::<T>());
         v
     }
-    unsafe fn uleb(&mut self) -> u64 {
-        let (mut v, mut shift) = (0u64, 0);
+    /// A LEB128 number: its low 64 bits, how many bits it had, its last
+    /// byte (whose bit 6 is the sign of a signed one).
+    unsafe fn leb(&mut self) -> (u64, u32, u8) {
+        let (mut v, mut shift) = (0u64, 0u32);
         loop {
             // SAFETY: as above.
             let b = unsafe { self.u8() };
@@ -543,25 +545,21 @@ impl Reader {
             }
             shift += 7;
             if b & 0x80 == 0 {
-                return v;
+                return (v, shift, b);
             }
         }
     }
+    unsafe fn uleb(&mut self) -> u64 {
+        // SAFETY: as above.
+        unsafe { self.leb() }.0
+    }
     unsafe fn sleb(&mut self) -> i64 {
-        let (mut v, mut shift) = (0i64, 0);
-        loop {
-            // SAFETY: as above.
-            let b = unsafe { self.u8() };
-            if shift < 64 {
-                v |= i64::from(b & 0x7f) << shift;
-            }
-            shift += 7;
-            if b & 0x80 == 0 {
-                if shift < 64 && b & 0x40 != 0 {
-                    v |= -1i64 << shift;
-                }
-                return v;
-            }
+        // SAFETY: as above.
+        let (v, bits, last) = unsafe { self.leb() };
+        if bits < 64 && last & 0x40 != 0 {
+            (v | (u64::MAX << bits)) as i64
+        } else {
+            v as i64
         }
     }
     /// A pointer in `DW_EH_PE` encoding `enc` (absolute or pc-relative,
@@ -1069,5 +1067,75 @@ pub unsafe extern "C" fn _Unwind_SetIP(ctx: *mut c_void, ip: usize) {
     match unsafe { ours(ctx) } {
         Some(c) => c.regs[RIP] = ip as u64,
         None => forward!(REAL_SET_IP, fn(*mut c_void, usize) -> (), ctx, ip),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read<T>(bytes: &[u8], f: impl FnOnce(&mut Reader) -> T) -> (T, usize) {
+        let mut r = Reader(bytes.as_ptr());
+        let v = f(&mut r);
+        (v, r.0 as usize - bytes.as_ptr() as usize)
+    }
+
+    #[test]
+    fn leb128_numbers_decode_as_dwarf_defines_them() {
+        // SAFETY (all): each reader stays inside its byte slice.
+        assert_eq!(
+            read(&[0xe5, 0x8e, 0x26], |r| unsafe { r.uleb() }),
+            (624_485, 3)
+        );
+        assert_eq!(read(&[0x02], |r| unsafe { r.uleb() }), (2, 1));
+        assert_eq!(read(&[0x7f], |r| unsafe { r.sleb() }), (-1, 1));
+        assert_eq!(read(&[0x80, 0x7f], |r| unsafe { r.sleb() }), (-128, 2));
+        assert_eq!(
+            read(&[0xc0, 0xbb, 0x78], |r| unsafe { r.sleb() }),
+            (-123_456, 3)
+        );
+        assert_eq!(read(&[0x3f], |r| unsafe { r.sleb() }), (63, 1));
+    }
+
+    #[test]
+    fn pointers_decode_absolute_and_pc_relative() {
+        let bytes = 0x10u32.to_le_bytes();
+        let base = bytes.as_ptr() as u64;
+        // pc-relative signed 4-byte (0x1b): relative to the field's address.
+        let (v, n) = read(&bytes, |r| unsafe { r.pointer(0x1b) });
+        assert_eq!((v, n), (Some(base + 0x10), 4));
+        // absolute unsigned 4-byte (0x03).
+        assert_eq!(read(&bytes, |r| unsafe { r.pointer(0x03) }).0, Some(0x10));
+        // data-relative (0x3b) is not an encoding ordinary FDEs use here.
+        assert_eq!(read(&bytes, |r| unsafe { r.pointer(0x3b) }).0, None);
+    }
+
+    #[test]
+    fn a_context_of_ours_is_told_from_a_pointer() {
+        let regs = Regs {
+            rbx: 1,
+            rbp: 2,
+            r12: 3,
+            r13: 4,
+            r14: 5,
+            r15: 6,
+            rsp: 7,
+            rip: 8,
+        };
+        let mut ctx = Context::new(&regs);
+        // SAFETY: a live context of ours.
+        assert!(unsafe { ours((&mut ctx as *mut Context).cast()) }.is_some());
+        // A libgcc context starts with a register-slot pointer (or null).
+        let mut slot = 0u64;
+        let mut foreign: [*mut u64; 4] = [
+            &mut slot,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        ];
+        // SAFETY: a readable first word.
+        assert!(unsafe { ours(foreign.as_mut_ptr().cast()) }.is_none());
+        assert_eq!(ctx.regs[RIP], 8);
+        assert_eq!(ctx.regs[RSP], 7);
     }
 }
