@@ -40,6 +40,14 @@ mod time;
 mod timer;
 #[cfg(all(feature = "fast-unwind", not(target_feature = "crt-static")))]
 mod unwind;
+/// Without smarm's unwinder every panic goes to the system unwinder.
+#[cfg(not(all(feature = "fast-unwind", not(target_feature = "crt-static"))))]
+mod unwind {
+    pub(crate) fn init() {}
+    pub(crate) fn stats() -> Option<(usize, usize)> {
+        None
+    }
+}
 
 pub use actor::{
     kill, self_pid, spawn, spawn_under, yield_now, Builder, JoinHandle, Killed, Pid, Signal,
@@ -61,9 +69,6 @@ pub mod __private {
     /// unwinder, actor panics it handed to the system unwinder); None
     /// without the `fast-unwind` feature.
     pub fn unwind_stats() -> Option<(usize, usize)> {
-        #[cfg(all(feature = "fast-unwind", not(target_feature = "crt-static")))]
-        return Some(crate::unwind::stats());
-        #[cfg(not(all(feature = "fast-unwind", not(target_feature = "crt-static"))))]
-        None
+        crate::unwind::stats()
     }
 }

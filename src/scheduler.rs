@@ -161,7 +161,6 @@ unsafe impl Send for Shared {}
 
 impl Shared {
     pub(crate) fn new(settings: Settings) -> std::io::Result<Arc<Shared>> {
-        #[cfg(all(feature = "fast-unwind", not(target_feature = "crt-static")))]
         crate::unwind::init();
         let stack_class = stack::class_for(settings.stack_size)?;
         let workers = (0..settings.threads)
@@ -1145,12 +1144,12 @@ pub(crate) fn current_shared() -> Option<*const Shared> {
     entered()
 }
 
-/// True when the running actor's runtime is being shut down.
+/// True when the runtime of the calling actor (or `block_on`) is being
+/// shut down.
 pub(crate) fn shutting_down() -> bool {
-    let l = local_fast();
-    // SAFETY: a non-null LOCAL is this thread's live worker state, and its
-    // Shared outlives the worker loop.
-    !l.is_null() && unsafe { (*(*l).shared).shutdown.load(Ordering::Acquire) }
+    // SAFETY: `current_shared` is this worker's runtime, or the runtime the
+    // thread's `block_on` borrows: live for the call.
+    current_shared().is_some_and(|sh| unsafe { (*sh).shutdown.load(Ordering::Acquire) })
 }
 
 /// The runtime whose `block_on` this thread is in, if any.

@@ -280,8 +280,8 @@ thread_local! {
 }
 
 /// This thread's (raises handled here, raises handed to the system unwinder).
-pub fn stats() -> (usize, usize) {
-    STATS.with(|s| s.get())
+pub(crate) fn stats() -> Option<(usize, usize)> {
+    Some(STATS.with(|s| s.get()))
 }
 
 /// Hands a raise on an actor stack over to the system unwinder.
