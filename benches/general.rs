@@ -12,6 +12,11 @@
 //! future as a spawned task, as smarm's `block_on` runs its closure as an actor on a scheduler
 //! thread.
 //!
+//! The compute-bound pair (`fan_out_compute`, `multi_thread_scaling`) sits at parity, so it is
+//! measured `paired`: both runtimes alive, each criterion sample of one also timing as many runs
+//! of the other right after it, and a `paired:` line with the medians of those samples and of
+//! their ratios, which sweep.py reports for it.
+//!
 //! `cargo bench --bench general -- --quick` runs the suite in a few minutes; `cargo bench --bench
 //! general -- skynet` runs one bench.
 
@@ -148,6 +153,96 @@ fn median(v: &mut [f64]) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     Some(v[v.len() / 2])
+}
+
+/// Per-run times (seconds) of one paired benchmark's samples, smarm's and tokio's, taken in turns.
+#[derive(Default)]
+struct Pairs {
+    /// (smarm per run, tokio per run) of every call criterion made, warm-up included.
+    calls: Vec<(f64, f64)>,
+}
+
+impl Pairs {
+    /// Runs `first` and then `second` `iters` times each; returns the elapsed time of `first`
+    /// (the side criterion is measuring) and keeps both per-run times.
+    fn call(
+        &mut self,
+        iters: u64,
+        smarm_first: bool,
+        first: impl Fn(),
+        second: impl Fn(),
+    ) -> Duration {
+        let time = |f: &dyn Fn()| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            t.elapsed()
+        };
+        let a = time(&first);
+        let b = time(&second);
+        let per_run = |d: Duration| d.as_secs_f64() / iters as f64;
+        let (sm, tk) = if smarm_first { (a, b) } else { (b, a) };
+        self.calls.push((per_run(sm), per_run(tk)));
+        a
+    }
+
+    /// Medians of smarm's and tokio's per-run times (ns) and of the ratios smarm / tokio of the
+    /// pairs, and the number of pairs. Every call counts, criterion's warm-up included: its runs
+    /// are runs of the same workload, timed beside the other side's as the measured ones are (and
+    /// `--quick` has no separate warm-up at all).
+    fn medians(&self) -> Option<(f64, f64, f64, usize)> {
+        let mut sm: Vec<f64> = self.calls.iter().map(|c| c.0 * 1e9).collect();
+        let mut tk: Vec<f64> = self.calls.iter().map(|c| c.1 * 1e9).collect();
+        let mut ratio: Vec<f64> = self.calls.iter().map(|c| c.0 / c.1).collect();
+        Some((
+            median(&mut sm)?,
+            median(&mut tk)?,
+            median(&mut ratio)?,
+            self.calls.len(),
+        ))
+    }
+}
+
+/// Benchmarks `sm` as `smarm/<config>` and `tk` as `tokio/<config>` with both runtimes alive:
+/// every sample of either also times as many runs of the other right after it (tokio's after
+/// smarm's in smarm's benchmark, the other way round in tokio's). A compute-bound bench sits at
+/// parity, where the machine's speed drifting by a percent or two between two criterion
+/// benchmarks (seconds apart on a shared machine) would decide the ratio; runs a fraction of a
+/// second apart share the drift. Prints the medians of these paired samples and of their ratios
+/// as a `paired:` line, which `benches/sweep.py` takes in place of criterion's medians and their
+/// ratio, and returns the two medians (ns).
+fn paired(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    bench: &str,
+    config: &str,
+    (sm_rt, tk_rt): (impl Fn() -> SmarmRt, impl Fn() -> TokioRt),
+    sm: impl Fn(&SmarmRt),
+    tk: impl Fn(&TokioRt),
+) -> Option<(f64, f64)> {
+    let mut rts: Option<(SmarmRt, TokioRt)> = None;
+    let mut pairs = Pairs::default();
+    for smarm_side in [true, false] {
+        let id = format!("{}/{config}", if smarm_side { "smarm" } else { "tokio" });
+        g.bench_function(id, |b| {
+            let (s, t) = rts.get_or_insert_with(|| (sm_rt(), tk_rt()));
+            let (s, t) = (&*s, &*t);
+            b.iter_custom(|iters| {
+                if smarm_side {
+                    pairs.call(iters, true, || sm(s), || tk(t))
+                } else {
+                    pairs.call(iters, false, || tk(t), || sm(s))
+                }
+            });
+        });
+    }
+    drop(rts);
+    let (sm_ns, tk_ns, ratio, n) = pairs.medians()?;
+    // The format is read by benches/sweep.py (PAIRED_LINE).
+    eprintln!(
+        "paired: {bench}/{config} smarm {sm_ns:.0} ns tokio {tk_ns:.0} ns ratio {ratio:.4} ({n} pairs)"
+    );
+    Some((sm_ns, tk_ns))
 }
 
 /// A group for a workload of milliseconds or more: 10 samples of equal iteration counts.
@@ -546,14 +641,23 @@ fn timer_churn(c: &mut Criterion) {
 fn compute(seed: u64, check: impl Fn()) -> u64 {
     let mut x = black_box(seed) | 1;
     for _ in 0..COMPUTE_CHUNKS {
-        for _ in 0..CHECK_EVERY {
-            x = (x ^ (x >> 29))
-                .wrapping_mul(0xbf58_476d_1ce4_e5b9)
-                .wrapping_add(0x9e37_79b9_7f4a_7c15);
-        }
+        x = compute_chunk(x);
         check();
     }
     black_box(x)
+}
+
+/// CHECK_EVERY steps of `compute`, one copy of the machine code for both runtimes: inlined into
+/// each twin, the loop's placement in memory (which moves with any change to the binary) made
+/// either runtime's copy up to 1% faster than the other's.
+#[inline(never)]
+fn compute_chunk(mut x: u64) -> u64 {
+    for _ in 0..CHECK_EVERY {
+        x = (x ^ (x >> 29))
+            .wrapping_mul(0xbf58_476d_1ce4_e5b9)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+    }
+    x
 }
 
 fn fan_out_expected() -> u64 {
@@ -594,11 +698,16 @@ fn fan_out_compute(c: &mut Criterion) {
     let expected = fan_out_expected();
     let mut g = c.benchmark_group("fan_out_compute");
     heavy(&mut g);
-    pair(
-        &mut g,
-        |rt| sm_fan_out(rt, expected),
-        |rt| tk_fan_out(rt, expected),
-    );
+    for cfg in Cfg::ALL {
+        paired(
+            &mut g,
+            "fan_out_compute",
+            cfg.name(),
+            (|| cfg.smarm(), || cfg.tokio()),
+            |rt| sm_fan_out(rt, expected),
+            |rt| tk_fan_out(rt, expected),
+        );
+    }
     g.finish();
 }
 
@@ -607,29 +716,21 @@ fn multi_thread_scaling(c: &mut Criterion) {
     let n = cores();
     let mut g = c.benchmark_group("multi_thread_scaling");
     heavy(&mut g);
-    let (mut sm_med, mut tk_med) = (Vec::new(), Vec::new());
-    for t in 1..=n {
-        let mut rt = None;
-        let mut log = Vec::new();
-        g.bench_function(format!("smarm/t{t}"), |b| {
-            let rt = rt.get_or_insert_with(|| smarm_rt(t));
-            timed(b, &mut log, || sm_fan_out(rt, expected));
-        });
-        drop(rt);
-        sm_med.push(median(&mut log));
-
-        let mut rt = None;
-        let mut log = Vec::new();
-        g.bench_function(format!("tokio/t{t}"), |b| {
-            let rt = rt.get_or_insert_with(|| tokio_mt(t));
-            timed(b, &mut log, || tk_fan_out(rt, expected));
-        });
-        drop(rt);
-        tk_med.push(median(&mut log));
-    }
+    let medians: Vec<_> = (1..=n)
+        .map(|t| {
+            paired(
+                &mut g,
+                "multi_thread_scaling",
+                &format!("t{t}"),
+                (|| smarm_rt(t), || tokio_mt(t)),
+                |rt| sm_fan_out(rt, expected),
+                |rt| tk_fan_out(rt, expected),
+            )
+        })
+        .collect();
     g.finish();
-    for (name, med) in [("smarm", &sm_med), ("tokio", &tk_med)] {
-        if let (Some(Some(one)), Some(Some(all))) = (med.first(), med.last()) {
+    if let (Some(Some(one)), Some(Some(all))) = (medians.first(), medians.last()) {
+        for (name, one, all) in [("smarm", one.0, all.0), ("tokio", one.1, all.1)] {
             eprintln!(
                 "multi_thread_scaling: {name} speed-up t1 -> t{n}: {:.2}x",
                 one / all

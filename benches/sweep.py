@@ -35,6 +35,14 @@ it, are used. If a benchmark has no estimates.json, the `time: [low estimate hig
 criterion printed is used instead; that middle value is criterion's typical estimate (slope or mean),
 not the median, so the JSON of such a run says `"source": "stdout"` for it.
 
+Paired benches: a compute-bound bench sits at parity, where the machine's speed drifting between
+two criterion benchmarks would decide its ratio. general.rs therefore times each sample of such a
+bench's smarm and tokio benchmarks together with as many runs of the other runtime right after it
+and prints the medians of those interleaved samples and of their ratios as `paired: <bench>/<config>
+smarm <ns> ns tokio <ns> ns ratio <r> (<n> pairs)`. Those replace criterion's medians and their ratio
+for that bench and config (the JSON says `"source": "paired"`, the table notes `paired`); the
+median of the pairs' ratios is what machine noise moves least.
+
 Regressions: `run --save-baseline` stores the results; `regress` runs the suite again and, for every
 bench present in both, computes change = (ratio now / ratio in baseline - 1) * 100 on the
 smarm / tokio ratio (so the speed of the machine cancels out). A change above
@@ -237,6 +245,13 @@ _NOT_AN_ID = re.compile(
 )
 
 
+# general.rs's line with the medians of a paired bench's interleaved samples (see the docstring).
+PAIRED_LINE = re.compile(
+    r"^paired: (?P<key>\S+) smarm (?P<smarm>" + _NUM + r") ns tokio (?P<tokio>" + _NUM
+    + r") ns ratio (?P<ratio>" + _NUM + r") \((?P<pairs>\d+) pairs\)$"
+)
+
+
 def strip_ansi(line):
     return _ANSI.sub("", line)
 
@@ -313,6 +328,32 @@ def read_estimates(criterion_dir, since=None):
     return results
 
 
+def parse_paired(lines):
+    """Read general.rs's 'paired:' lines: ({"<bench>/smarm/<config>": ns, "<bench>/tokio/<config>":
+    ns}, {"<bench>/<config>": ratio}), in order; a later line for the same key wins."""
+    medians, ratios = {}, {}
+    for raw in lines:
+        m = PAIRED_LINE.match(strip_ansi(raw).strip())
+        if not m:
+            continue
+        bench, _, config = m.group("key").rpartition("/")
+        if not bench:
+            continue
+        medians[f"{bench}/smarm/{config}"] = float(m.group("smarm"))
+        medians[f"{bench}/tokio/{config}"] = float(m.group("tokio"))
+        ratios[m.group("key")] = float(m.group("ratio"))
+    return medians, ratios
+
+
+def apply_paired(medians, sources, paired_medians):
+    """Replace medians with the paired ones (source "paired"); an id criterion did not run (a
+    filter that kept only one side) is added."""
+    for bench_id, ns in paired_medians.items():
+        medians[bench_id] = ns
+        sources[bench_id] = "paired"
+    return medians, sources
+
+
 def merge_medians(ordered_ids, from_estimates, from_stdout):
     """Medians for the ids this run printed: estimates.json first, stdout as fallback.
 
@@ -339,10 +380,18 @@ class Row:
     bench: str
     config: str
     runtimes: dict = field(default_factory=dict)  # runtime -> median ns
+    # A paired bench's ratio: the median of its pairs' ratios, which the medians' ratio only
+    # approximates.
+    paired_ratio: float = None
 
     @property
     def key(self):
         return f"{self.bench}/{self.config}" if self.config else self.bench
+
+    def ids(self):
+        """The benchmark ids this row was built from."""
+        return [f"{self.bench}/{rt}/{self.config}" if self.config else f"{self.bench}/{rt}"
+                for rt in self.runtimes]
 
     @property
     def smarm_ns(self):
@@ -354,6 +403,8 @@ class Row:
 
     @property
     def ratio(self):
+        if self.paired_ratio is not None:
+            return self.paired_ratio
         return _ratio(self.smarm_ns, self.tokio_ns)
 
     @property
@@ -377,13 +428,16 @@ def _ratio(a, b):
     return a / b
 
 
-def pair_results(medians):
-    """Group {id: ns} into Rows by (bench, config), in order of first appearance."""
+def pair_results(medians, paired_ratios=None):
+    """Group {id: ns} into Rows by (bench, config), in order of first appearance; a paired bench's
+    ratio comes from paired_ratios ({"<bench>/<config>": ratio})."""
     rows = {}
     for bench_id, ns in medians.items():
         bench, runtime, config = split_id(bench_id)
         row = rows.setdefault((bench, config), Row(bench, config))
         row.runtimes.setdefault(runtime or "?", ns)
+    for row in rows.values():
+        row.paired_ratio = (paired_ratios or {}).get(row.key)
     return list(rows.values())
 
 
@@ -397,13 +451,18 @@ def rows_to_json(rows, sources=None):
             entry["reference"] = row.reference
             entry["reference_ns"] = row.reference_ns
             entry["reference_ratio"] = row.reference_ratio
-        if sources:
-            ids = [f"{row.bench}/{rt}/{row.config}" if row.config else f"{row.bench}/{rt}"
-                   for rt in row.runtimes]
-            if any(sources.get(i) == "stdout" for i in ids):
-                entry["source"] = "stdout"
+        source = row_source(row, sources)
+        if source:
+            entry["source"] = source
         out[row.key] = entry
     return out
+
+
+def row_source(row, sources):
+    """"stdout" when any of the row's medians came from criterion's printed estimate, "paired" when
+    they are the medians of interleaved samples, None for criterion's estimates.json."""
+    found = {sources.get(i) for i in row.ids()} if sources else set()
+    return next((s for s in ("stdout", "paired") if s in found), None)
 
 
 def primary_ratio(entry):
@@ -414,14 +473,17 @@ def primary_ratio(entry):
     return r if r is not None else entry.get("reference_ratio")
 
 
-def format_table(rows):
-    """The run's table: bench, config, smarm, tokio, smarm/tokio, and a note."""
+def format_table(rows, sources=None):
+    """The run's table: bench, config, smarm, tokio, smarm/tokio, and a note (SLOWER; paired when
+    the medians are those of interleaved samples, see PAIRED_LINE)."""
     header = ("bench", "config", "smarm", "tokio", "smarm/tokio", "")
     lines = []
     for row in rows:
         note = ""
         if row.ratio is not None and row.ratio > 1.0:
             note = "SLOWER"
+        if row_source(row, sources) == "paired":
+            note = f"{note} paired".strip()
         if row.reference:
             info = (f"info: {format_ratio(row.reference_ratio)}x {row.reference}"
                     f" ({format_ns(row.reference_ns)})")
@@ -768,8 +830,9 @@ def _cargo_target_dir(manifest_dir):
 class RunResult:
     returncode: int
     medians: dict  # id -> ns, in the order criterion ran them
-    sources: dict  # id -> "estimates" | "stdout"
+    sources: dict  # id -> "estimates" | "stdout" | "paired"
     stderr_tail: list
+    ratios: dict  # "<bench>/<config>" -> median of paired ratios (paired benches only)
 
 
 def stream_process(cmd, cwd, env, on_line):
@@ -809,11 +872,13 @@ def run_suite(manifest_dir, bench=BENCH_TARGET, crit_args=(), env=None, echo=Tru
     """Run `cargo bench` once and read its medians. on_bench(id) is called as each bench starts."""
     env = dict(os.environ if env is None else env)
     cmd = cargo_command(bench, crit_args, quiet=quiet_cargo)
-    out_lines, seen, stderr_tail = [], [], []
+    out_lines, seen, stderr_tail, paired_lines = [], [], [], []
 
     def on_line(stream, line):
         if echo:
             print(line, file=sys.stderr, flush=True)
+        if line.startswith("paired: "):
+            paired_lines.append(line)
         if stream == "out":
             out_lines.append(line)
         else:
@@ -831,14 +896,16 @@ def run_suite(manifest_dir, bench=BENCH_TARGET, crit_args=(), env=None, echo=Tru
     except FileNotFoundError:
         raise HarnessError("cargo not found on PATH", EXIT_CARGO) from None
     if rc != 0:
-        return RunResult(rc, {}, {}, stderr_tail)
+        return RunResult(rc, {}, {}, stderr_tail, {})
     from_stdout = parse_criterion_stdout("\n".join(out_lines))
     ordered = list(seen) + [i for i in from_stdout if i not in seen]
     cdir = Path(criterion_dir) if criterion_dir else find_criterion_dir(manifest_dir, env)
     # Coarse file-system clocks: allow a little slack before the start.
     from_estimates = read_estimates(cdir, since=started - 2.0)
     medians, sources = merge_medians(ordered, from_estimates, from_stdout)
-    return RunResult(rc, medians, sources, stderr_tail)
+    paired_medians, ratios = parse_paired(paired_lines)
+    apply_paired(medians, sources, paired_medians)
+    return RunResult(rc, medians, sources, stderr_tail, ratios)
 
 
 class Progress:
@@ -909,8 +976,8 @@ def _baseline_path(args):
 
 def cmd_run(args, extra):
     res, crit = _run_or_fail(args, extra)
-    rows = pair_results(res.medians)
-    print(format_table(rows))
+    rows = pair_results(res.medians, res.ratios)
+    print(format_table(rows, res.sources))
     results = rows_to_json(rows, res.sources)
     if args.json:
         write_json(args.json, results)
@@ -933,8 +1000,8 @@ def cmd_regress(args, extra):
         current = load_results(args.current)
     else:
         res, _ = _run_or_fail(args, extra)
-        rows = pair_results(res.medians)
-        print(format_table(rows))
+        rows = pair_results(res.medians, res.ratios)
+        print(format_table(rows, res.sources))
         print()
         current = rows_to_json(rows, res.sources)
         if args.json:
@@ -965,7 +1032,7 @@ def cmd_sweep(args, extra):
             res, _ = _run_or_fail(args, extra, env=env, echo=args.verbose,
                                   on_bench=progress.bench_started)
             progress.end_point()
-            rows = pair_results(res.medians)
+            rows = pair_results(res.medians, res.ratios)
             points.append(SweepPoint(alloc, cycles, rows_to_json(rows, res.sources)))
     except HarnessError as e:
         failure = e

@@ -289,6 +289,51 @@ class PairingTest(unittest.TestCase):
         self.assertIn("4 pairs: smarm faster in 2, slower in 1", table)
 
 
+class PairedTest(unittest.TestCase):
+    LINES = [
+        "Benchmarking fan_out_compute/smarm/st: Collecting 10 samples",
+        "paired: fan_out_compute/st smarm 11190000 ns tokio 11200000 ns ratio 0.9991 (20 pairs)",
+        "paired: multi_thread_scaling/t2 smarm 5.7e6 ns tokio 5710000.5 ns ratio 1.0010 (20 pairs)",
+        "paired: broken line",
+        "paired: fan_out_compute/tt smarm 1 ns tokio 2 ns (20 pairs)",  # no ratio: not ours
+        "\x1b[1mpaired: fan_out_compute/mt smarm 5600000 ns tokio 5700000 ns ratio 0.98 (20 pairs)\x1b[0m",
+        "paired: fan_out_compute/st smarm 11180000 ns tokio 11200000 ns ratio 0.9985 (20 pairs)",
+    ]
+
+    def test_parse(self):
+        medians, ratios = sweep.parse_paired(self.LINES)
+        self.assertEqual(medians, {
+            "fan_out_compute/smarm/st": 11180000.0, "fan_out_compute/tokio/st": 11200000.0,
+            "multi_thread_scaling/smarm/t2": 5.7e6, "multi_thread_scaling/tokio/t2": 5710000.5,
+            "fan_out_compute/smarm/mt": 5600000.0, "fan_out_compute/tokio/mt": 5700000.0,
+        })
+        self.assertEqual(ratios, {"fan_out_compute/st": 0.9985, "multi_thread_scaling/t2": 1.001,
+                                  "fan_out_compute/mt": 0.98})
+        self.assertEqual(sweep.parse_paired(
+            ["paired: nokey smarm 1 ns tokio 2 ns ratio 0.5 (1 pairs)"]), ({}, {}))
+
+    def test_paired_results_replace_criterion_and_are_noted(self):
+        medians = {"fan_out_compute/smarm/st": 11.0e6, "fan_out_compute/tokio/st": 10.0e6,
+                   "chained_spawn/smarm/st": 1.0, "chained_spawn/tokio/st": 2.0}
+        sources = {k: "estimates" for k in medians}
+        paired_medians, ratios = sweep.parse_paired(self.LINES)
+        sweep.apply_paired(medians, sources, paired_medians)
+        rows = sweep.pair_results(medians, ratios)
+        out = sweep.rows_to_json(rows, sources)
+        self.assertEqual(out["fan_out_compute/st"], {
+            "smarm_ns": 11180000.0, "tokio_ns": 11200000.0, "ratio": 0.9985, "source": "paired"})
+        self.assertEqual(out["chained_spawn/st"], {"smarm_ns": 1.0, "tokio_ns": 2.0, "ratio": 0.5})
+        # A side that criterion did not run (filtered out) still gets its paired median.
+        self.assertEqual(out["multi_thread_scaling/t2"]["tokio_ns"], 5710000.5)
+        table = sweep.format_table(rows, sources)
+        line = next(l for l in table.splitlines() if l.split()[:2] == ["fan_out_compute", "st"])
+        self.assertTrue(line.endswith("paired"), line)
+        self.assertNotIn("SLOWER", line)
+        line = next(l for l in table.splitlines() if l.split()[:2] == ["multi_thread_scaling", "t2"])
+        self.assertTrue(line.endswith("SLOWER paired"), line)
+        self.assertNotIn("paired", next(l for l in table.splitlines() if l.startswith("chained")))
+
+
 class RegressionTest(unittest.TestCase):
     BASE = {"a/st": entry(100.0, 100.0), "b/st": entry(200.0, 100.0), "c/st": entry(50.0, 100.0)}
 
