@@ -877,7 +877,7 @@ def run_suite(manifest_dir, bench=BENCH_TARGET, crit_args=(), env=None, echo=Tru
     def on_line(stream, line):
         if echo:
             print(line, file=sys.stderr, flush=True)
-        if line.startswith("paired: "):
+        if strip_ansi(line).lstrip().startswith("paired: "):
             paired_lines.append(line)
         if stream == "out":
             out_lines.append(line)
