@@ -1345,6 +1345,45 @@ fn pin_if_unwinding(c: &ActorCell) {
 }
 
 /// Voluntary yield of the running actor.
+/// Called by an actor about to block on a channel: if other actors are
+/// ready on this worker, yields to them once (and returns true) so that the
+/// caller tries again after they have run. They are often the ones that
+/// will satisfy it (the children a parent waits for, the producers of a
+/// consumer), and an operation they satisfy in the meantime costs no
+/// registration, no wake-up and no second switch. On a runtime with more
+/// than one worker only when none is idle or searching: such a worker
+/// would steal the yielded actor from the queue, away from the actors and
+/// the data it waits on (measured: a one-producer, one-consumer bounded
+/// channel on two workers ran 4x slower with the yield and an idle
+/// worker).
+pub(crate) fn yield_before_blocking() -> bool {
+    let l = local_fast();
+    if l.is_null() {
+        return false;
+    }
+    // SAFETY: a non-null LOCAL is this thread's live worker state; only
+    // plain reads here, no reference outlives the block.
+    let (in_actor, ready, sh) = unsafe {
+        let l = &*l;
+        (
+            !l.current.is_null(),
+            !l.lifo.is_null() || !l.me().queue.is_empty(),
+            l.shared(),
+        )
+    };
+    if !in_actor || !ready {
+        return false;
+    }
+    if sh.workers.len() > 1
+        && (sh.num_searching.load(Ordering::Relaxed) != 0
+            || sh.num_idle.load(Ordering::Relaxed) != 0)
+    {
+        return false;
+    }
+    yield_actor();
+    true
+}
+
 pub(crate) fn yield_actor() {
     let c = current_cell().expect("yield outside an actor");
     pin_if_unwinding(c);

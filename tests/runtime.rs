@@ -880,6 +880,58 @@ fn kill_unwinds_a_blocked_actor() {
     assert_eq!(drops.load(Ordering::SeqCst), 1);
 }
 
+/// A receiver that finds its channel empty while other actors are ready on
+/// its worker first yields to them; a kill waiting for it is delivered
+/// there, before it has registered, and the channel stays usable.
+#[test]
+fn kill_delivered_before_a_receiver_blocks_leaves_the_channel_usable() {
+    let rt = rt(1);
+    let drops = Arc::new(AtomicUsize::new(0));
+    let d = drops.clone();
+    rt.block_on(move || {
+        let (tx, rx) = smarm::channel::<u32>();
+        let rx2 = rx.clone();
+        let (ran_tx, ran_rx) = smarm::channel();
+        let h = smarm::spawn(move || {
+            let _g = DropCount(d);
+            // Ready on this worker while the receiver looks at its channel.
+            smarm::spawn(move || ran_tx.send(()).unwrap());
+            smarm::kill(smarm::self_pid().unwrap());
+            let _ = rx2.recv();
+            unreachable!("the kill unwinds the receive");
+        });
+        assert!(h.join().expect_err("killed").is::<Killed>());
+        ran_rx.recv().unwrap();
+        tx.send(5).unwrap();
+        assert_eq!(rx.recv(), Ok(5));
+        assert_eq!(rx.try_recv(), Err(smarm::TryRecvError::Empty));
+    });
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+}
+
+/// A parent that waits for values from children ready on its own worker
+/// gets every one of them (the receive yields to them before it blocks).
+#[test]
+fn receiver_with_ready_senders_on_its_worker_gets_every_value() {
+    for threads in [1, 2] {
+        let rt = rt(threads);
+        let sum = rt.block_on(|| {
+            let (tx, rx) = smarm::bounded::<u64>(3);
+            for i in 0..50u64 {
+                let tx = tx.clone();
+                smarm::spawn(move || {
+                    for k in 0..10 {
+                        tx.send(i * 10 + k).unwrap();
+                    }
+                });
+            }
+            drop(tx);
+            rx.iter().sum::<u64>()
+        });
+        assert_eq!(sum, (0..500u64).sum::<u64>());
+    }
+}
+
 #[test]
 fn kill_of_sleeping_yielding_and_unstarted_actors() {
     let rt = rt(2);

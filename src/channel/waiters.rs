@@ -333,9 +333,10 @@ pub(crate) fn park_or_timeout(deadline: Option<Instant>) -> bool {
 ///
 /// `attempt` returns `Some` when the operation is complete (done or
 /// disconnected) and `None` when it must wait. Returns `None` on timeout.
-/// Protocol: attempt; register; attempt again (the re-check that closes the
-/// lost wake-up race); park; deregister; repeat. A notification received
-/// and not used is forwarded.
+/// Protocol: attempt; once, if other actors are ready on this worker, yield
+/// to them and attempt again (`scheduler::yield_before_blocking`); register;
+/// attempt again (the re-check that closes the lost wake-up race); park;
+/// deregister; repeat. A notification received and not used is forwarded.
 pub(crate) fn block_on<R>(
     waiters: &Waiters,
     deadline: Option<Instant>,
@@ -346,9 +347,19 @@ pub(crate) fn block_on<R>(
     let id = op_id(&marker);
     let mut unparker: Option<Unparker> = None;
     let mut parked = false;
+    let mut yielded = false;
     loop {
         if let Some(r) = attempt() {
             return Some(r);
+        }
+        // Before the first registration, let the actors ready on this
+        // worker run once: they may complete the operation, which then
+        // costs no registration and no wake-up.
+        if !yielded && !parked {
+            yielded = true;
+            if crate::scheduler::yield_before_blocking() {
+                continue;
+            }
         }
         // The deadline was computed from the clock just before the first
         // attempt, so it is only re-read after a park (a zero timeout
