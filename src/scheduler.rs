@@ -1344,7 +1344,6 @@ fn pin_if_unwinding(c: &ActorCell) {
     c.pinned.set(unwinding);
 }
 
-/// Voluntary yield of the running actor.
 /// Called by an actor about to block on a channel: if other actors are
 /// ready on this worker, yields to them once (and returns true) so that the
 /// caller tries again after they have run. They are often the ones that
@@ -1384,6 +1383,7 @@ pub(crate) fn yield_before_blocking() -> bool {
     true
 }
 
+/// Voluntary yield of the running actor.
 pub(crate) fn yield_actor() {
     let c = current_cell().expect("yield outside an actor");
     pin_if_unwinding(c);
