@@ -163,15 +163,10 @@ struct Pairs {
 }
 
 impl Pairs {
-    /// Runs `first` and then `second` `iters` times each; returns the elapsed time of `first`
-    /// (the side criterion is measuring) and keeps both per-run times.
-    fn call(
-        &mut self,
-        iters: u64,
-        smarm_first: bool,
-        first: impl Fn(),
-        second: impl Fn(),
-    ) -> Duration {
+    /// Runs `sm` and `tk` `iters` times each, smarm's first when criterion is measuring smarm
+    /// (`smarm_side`), tokio's first otherwise; keeps both per-run times and returns the elapsed
+    /// time of the side criterion is measuring.
+    fn call(&mut self, iters: u64, smarm_side: bool, sm: impl Fn(), tk: impl Fn()) -> Duration {
         let time = |f: &dyn Fn()| {
             let t = Instant::now();
             for _ in 0..iters {
@@ -179,12 +174,20 @@ impl Pairs {
             }
             t.elapsed()
         };
-        let a = time(&first);
-        let b = time(&second);
+        let (sm_d, tk_d) = if smarm_side {
+            let s = time(&sm);
+            (s, time(&tk))
+        } else {
+            let t = time(&tk);
+            (time(&sm), t)
+        };
         let per_run = |d: Duration| d.as_secs_f64() / iters as f64;
-        let (sm, tk) = if smarm_first { (a, b) } else { (b, a) };
-        self.calls.push((per_run(sm), per_run(tk)));
-        a
+        self.calls.push((per_run(sm_d), per_run(tk_d)));
+        if smarm_side {
+            sm_d
+        } else {
+            tk_d
+        }
     }
 
     /// Medians of smarm's and tokio's per-run times (ns) and of the ratios smarm / tokio of the
@@ -227,13 +230,7 @@ fn paired(
         g.bench_function(id, |b| {
             let (s, t) = rts.get_or_insert_with(|| (sm_rt(), tk_rt()));
             let (s, t) = (&*s, &*t);
-            b.iter_custom(|iters| {
-                if smarm_side {
-                    pairs.call(iters, true, || sm(s), || tk(t))
-                } else {
-                    pairs.call(iters, false, || tk(t), || sm(s))
-                }
-            });
+            b.iter_custom(|iters| pairs.call(iters, smarm_side, || sm(s), || tk(t)));
         });
     }
     drop(rts);

@@ -409,16 +409,22 @@ struct WaitPlan {
 ///   then spins up to `JOIN_SPIN_MAX_CYCLES`; an end during the nap wakes
 ///   it as a plain park would, one later than the spin parks.
 ///
+/// On a runtime that uses every core, when the `block_on`'s spawn woke a
+/// sleeping worker (`woke_worker`), it parks without spinning: the actor
+/// cannot end before that worker has run, and a spinning caller only holds
+/// a CPU the workers need.
+///
 /// Everywhere else (outside `block_on`, a runtime that uses every core, the
 /// first `block_on` of a thread) it spins the base `JOIN_SPIN_CYCLES` and
 /// parks. `spare_core` is None outside `block_on`
 /// (`scheduler::block_on_spare_core`).
-fn wait_plan(spare_core: Option<bool>, last: Option<Wait>) -> WaitPlan {
+fn wait_plan(spare_core: Option<bool>, last: Option<Wait>, woke_worker: bool) -> WaitPlan {
     let base = WaitPlan {
         nap: None,
         spin: JOIN_SPIN_CYCLES,
     };
     match (spare_core, last) {
+        (Some(false), _) if woke_worker => WaitPlan { nap: None, spin: 0 },
         (Some(true), Some(last)) if last.cycles <= JOIN_SPIN_MAX_CYCLES => WaitPlan {
             nap: None,
             spin: (2 * last.cycles).clamp(JOIN_SPIN_CYCLES, JOIN_SPIN_MAX_CYCLES),
@@ -510,7 +516,11 @@ impl<T> JoinHandle<T> {
             // A plain thread (say, in `block_on`) spins first: the actor
             // often finishes within microseconds, and waking a parked thread
             // costs far more than that on virtual machines.
-            let plan = wait_plan(spare_core, LAST_BLOCK_ON_WAIT.with(|l| l.get()));
+            let plan = wait_plan(
+                spare_core,
+                LAST_BLOCK_ON_WAIT.with(|l| l.get()),
+                woke_worker,
+            );
             if let (Some(nap), Some(t0)) = (plan.nap, start_time) {
                 register();
                 registered = true;
@@ -528,22 +538,16 @@ impl<T> JoinHandle<T> {
             // spin: yield the CPU to it once (measured on 2 CPUs: `block_on`
             // of an idle runtime started its actor 8 µs after the call
             // instead of 30 with one worker, 20 instead of 54 with two). On a
-            // runtime using every CPU, then park without spinning: the actor
-            // cannot end before that worker has run, and a spinning caller
-            // only holds a CPU the workers need (a yield followed by the spin
-            // measured deep_recursion mt at 146-167 µs a round against
-            // 101-108). Without a wake, no yield: back-to-back short
-            // `block_on`s lost a third of their speed to it.
+            // runtime using every CPU the plan then has no spin (a yield
+            // followed by the spin measured deep_recursion mt at 146-167 µs
+            // a round against 101-108). Without a wake, no yield:
+            // back-to-back short `block_on`s lost a third of their speed to
+            // it.
             if woke_worker && !done() {
                 std::thread::yield_now();
             }
-            let spin = if woke_worker && spare_core == Some(false) {
-                0
-            } else {
-                plan.spin
-            };
             let spin_start = crate::preempt::rdtsc();
-            while !done() && crate::preempt::rdtsc().wrapping_sub(spin_start) < spin {
+            while !done() && crate::preempt::rdtsc().wrapping_sub(spin_start) < plan.spin {
                 std::hint::spin_loop();
             }
         }
@@ -661,15 +665,21 @@ mod tests {
         };
         let spin = |spin| WaitPlan { nap: None, spin };
         // Outside block_on, or on a runtime using every core: the base spin.
-        assert_eq!(wait_plan(None, short(1_000)), spin(JOIN_SPIN_CYCLES));
-        assert_eq!(wait_plan(Some(false), short(1_000)), spin(JOIN_SPIN_CYCLES));
-        // The first block_on of a thread knows no previous wait.
-        assert_eq!(wait_plan(Some(true), None), spin(JOIN_SPIN_CYCLES));
-        // Short previous waits: twice the last one, never below the base.
-        assert_eq!(wait_plan(Some(true), short(10_000)), spin(JOIN_SPIN_CYCLES));
-        assert_eq!(wait_plan(Some(true), short(300_000)), spin(600_000));
+        assert_eq!(wait_plan(None, short(1_000), false), spin(JOIN_SPIN_CYCLES));
         assert_eq!(
-            wait_plan(Some(true), short(JOIN_SPIN_MAX_CYCLES)),
+            wait_plan(Some(false), short(1_000), false),
+            spin(JOIN_SPIN_CYCLES)
+        );
+        // The first block_on of a thread knows no previous wait.
+        assert_eq!(wait_plan(Some(true), None, false), spin(JOIN_SPIN_CYCLES));
+        // Short previous waits: twice the last one, never below the base.
+        assert_eq!(
+            wait_plan(Some(true), short(10_000), false),
+            spin(JOIN_SPIN_CYCLES)
+        );
+        assert_eq!(wait_plan(Some(true), short(300_000), false), spin(600_000));
+        assert_eq!(
+            wait_plan(Some(true), short(JOIN_SPIN_MAX_CYCLES), false),
             spin(JOIN_SPIN_MAX_CYCLES)
         );
         // A long previous wait: a nap until shortly before its length, then
@@ -679,13 +689,24 @@ mod tests {
             time: Duration::from_millis(12),
         };
         assert_eq!(
-            wait_plan(Some(true), Some(long)),
+            wait_plan(Some(true), Some(long), false),
             WaitPlan {
                 nap: Some(Duration::from_millis(12) - NAP_LEAD),
                 spin: JOIN_SPIN_MAX_CYCLES
             }
         );
         // A long one on a runtime using every core: still the base.
-        assert_eq!(wait_plan(Some(false), Some(long)), spin(JOIN_SPIN_CYCLES));
+        assert_eq!(
+            wait_plan(Some(false), Some(long), false),
+            spin(JOIN_SPIN_CYCLES)
+        );
+        // A spawn that woke a worker: no spin on a runtime using every core,
+        // the plan unchanged where a core is spare.
+        assert_eq!(wait_plan(Some(false), short(1_000), true), spin(0));
+        assert_eq!(wait_plan(Some(false), Some(long), true), spin(0));
+        assert_eq!(
+            wait_plan(Some(true), short(10_000), true),
+            spin(JOIN_SPIN_CYCLES)
+        );
     }
 }

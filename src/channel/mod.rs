@@ -92,7 +92,7 @@ unsafe impl<T: Send> Send for Handle<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Sync for Handle<T> {}
 
-impl<T> std::ops::Deref for Handle<T> {
+impl<T> Deref for Handle<T> {
     type Target = Shared<T>;
     fn deref(&self) -> &Shared<T> {
         // SAFETY: the allocation lives while any handle does: it is freed

@@ -355,7 +355,7 @@ pub(crate) fn block_on<R>(
         // Before the first registration, let the actors ready on this
         // worker run once: they may complete the operation, which then
         // costs no registration and no wake-up.
-        if !yielded && !parked {
+        if !yielded {
             yielded = true;
             if crate::scheduler::yield_before_blocking() {
                 continue;
