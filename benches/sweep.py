@@ -346,12 +346,11 @@ def parse_paired(lines):
 
 
 def apply_paired(medians, sources, paired_medians):
-    """Replace medians with the paired ones (source "paired"); an id criterion did not run (a
-    filter that kept only one side) is added."""
+    """Replace medians with the paired ones, in place (source "paired"); an id criterion did not
+    run (a filter that kept only one side) is added."""
     for bench_id, ns in paired_medians.items():
         medians[bench_id] = ns
         sources[bench_id] = "paired"
-    return medians, sources
 
 
 def merge_medians(ordered_ids, from_estimates, from_stdout):
