@@ -56,6 +56,16 @@ impl Unparker {
         }
     }
 
+    /// [`Unparker::unpark_owned`], choosing whether a woken actor takes the
+    /// LIFO slot (runs next) or goes to the back of the queue.
+    #[inline]
+    pub(crate) fn unpark_owned_as(self, lifo: bool) {
+        match self.0 {
+            Inner::Actor(a) => a.unpark_owned_as(lifo),
+            Inner::Thread(t) => t.unpark(),
+        }
+    }
+
     /// True when both handles wake the same context.
     pub(crate) fn same_context(&self, other: &Unparker) -> bool {
         match (&self.0, &other.0) {

@@ -866,7 +866,14 @@ fn finalize(l: &mut Local, c: &'static ActorCell) {
         // SAFETY: the joiner wrote `joiner` before setting JOIN_WAITING
         // (Release; our AcqRel CAS read it) and never touches it again.
         if let Some(j) = unsafe { (*c.joiner.get()).take() } {
-            j.unpark_owned();
+            // Finalizing in the scheduler context, the joiner takes the LIFO
+            // slot and runs next. In the context of the actor that runs
+            // next, "next" would mean after that actor, and the LIFO slot is
+            // the one place no other worker can take it from: behind an
+            // actor that does not yield (no allocation, no `check!()`), the
+            // joiner would wait for as long as it runs. The queue is open
+            // to thieves.
+            j.unpark_owned_as(l.current.is_null());
         }
     }
     l.exited += 1;
