@@ -35,6 +35,7 @@ mod runqueue;
 pub mod runtime;
 pub(crate) mod scheduler;
 mod stack;
+mod steal;
 pub mod supervisor;
 mod time;
 mod timer;

@@ -196,6 +196,14 @@ impl LocalQueue {
         }
     }
 
+    /// `(head, tail)` as another thread sees them at one moment (each is
+    /// exact when read; the pair is approximate).
+    #[inline]
+    pub(crate) fn bounds(&self) -> (u32, u32) {
+        let h = self.head.load(Ordering::Acquire);
+        (h, self.tail.load(Ordering::Acquire))
+    }
+
     /// Steals about half of `self` into `dst` (the caller's own queue, which
     /// must be empty), returning one stolen task to run at once.
     pub(crate) fn steal_into(&self, dst: &LocalQueue) -> Option<Task> {

@@ -61,7 +61,7 @@
 
 use std::cell::Cell;
 use std::ptr;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,6 +73,7 @@ use crate::parker::Parker;
 use crate::preempt;
 use crate::runqueue::{Injector, LocalQueue, SendTask};
 use crate::stack;
+use crate::steal::Watch;
 use crate::timer::{NextDeadline, TimerHeap, NEVER};
 
 /// Consecutive hand-offs served from the LIFO slot before the queue is served.
@@ -124,6 +125,10 @@ pub(crate) struct WorkerShared {
     /// Actors this worker spawned / finished (owner-written counters).
     pub spawned: AtomicU64,
     pub exited: AtomicU64,
+    /// Hand-offs this worker has made (owner-written): thieves read it to
+    /// tell a worker held by one long actor from one cycling through short
+    /// ones (see steal.rs).
+    pub switches: AtomicU32,
 }
 
 /// State shared by every worker of a runtime and its handles.
@@ -174,6 +179,7 @@ impl Shared {
                 inbox_len: AtomicUsize::new(0),
                 spawned: AtomicU64::new(0),
                 exited: AtomicU64::new(0),
+                switches: AtomicU32::new(0),
             })
             .collect();
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -345,6 +351,11 @@ pub(crate) struct Local {
     global_interval: u32,
     global_tsc: u64,
     rng: u32,
+    /// Per other worker: the backlog this one watches before stealing it.
+    watch: Box<[Watch]>,
+    /// The last look for work left a backlog watched, not stolen: keep
+    /// searching rather than sleep.
+    watching: bool,
     searching: bool,
     /// Set from the moment an actor starts switching away until the next
     /// context has finished the post-switch action: no preemption then.
@@ -500,6 +511,7 @@ impl Local {
     fn find_next(&mut self, remote: bool) -> Option<Task> {
         self.tick = self.tick.wrapping_add(1);
         let sh = self.shared();
+        self.me().switches.store(self.tick, Ordering::Relaxed);
         self.global_countdown -= 1;
         let global = self.global_countdown == 0;
         if global {
@@ -586,6 +598,7 @@ impl Local {
     }
 
     fn steal(&mut self) -> Option<Task> {
+        self.watching = false;
         let n = self.shared().workers.len();
         if n == 1 {
             return None;
@@ -600,12 +613,23 @@ impl Local {
             self.searching = true;
         }
         let start = self.next_rand() as usize % n;
+        let now = preempt::rdtsc();
+        // A thief watches before it steals (steal.rs) only where it may
+        // spin while it watches: not on a runtime doing IO ("Idle workers").
+        let patient = self.shared().reactor.registrations() == 0;
         for k in 0..n {
             let i = (start + k) % n;
             if i == self.index {
                 continue;
             }
             let sh = self.shared();
+            let victim = &sh.workers[i];
+            let (head, tail) = victim.queue.bounds();
+            let switches = victim.switches.load(Ordering::Relaxed);
+            if patient && !self.watch[i].worth_stealing(head, tail, switches, now) {
+                self.watching |= head != tail;
+                continue;
+            }
             if let Some(t) = sh.workers[i]
                 .queue
                 .steal_into(&sh.workers[self.index].queue)
@@ -939,6 +963,8 @@ pub(crate) fn worker_main(shared: Arc<Shared>, index: usize) {
         global_interval: MAX_GLOBAL_INTERVAL,
         global_tsc: preempt::rdtsc(),
         rng: 0x9E37_79B9 ^ (index as u32 + 1).wrapping_mul(0x85EB_CA6B),
+        watch: vec![Watch::default(); sh.workers.len()].into_boxed_slice(),
+        watching: false,
         searching: false,
         switching: false,
         pinned_head: ptr::null(),
@@ -1002,7 +1028,7 @@ fn spin_for_work(lp: *mut Local) -> Option<Task> {
         sh.num_searching.fetch_add(1, Ordering::SeqCst);
         l.searching = true;
     }
-    let start = preempt::rdtsc();
+    let mut start = preempt::rdtsc();
     loop {
         for _ in 0..64 {
             std::hint::spin_loop();
@@ -1010,8 +1036,14 @@ fn spin_for_work(lp: *mut Local) -> Option<Task> {
         if let Some(t) = l.find_next(true) {
             return Some(t);
         }
-        if preempt::rdtsc().wrapping_sub(start) > SPIN_CYCLES || sh.shutdown.load(Ordering::Relaxed)
-        {
+        if sh.shutdown.load(Ordering::Relaxed) {
+            return None;
+        }
+        let now = preempt::rdtsc();
+        if l.watching {
+            // A backlog is being watched: it ends in a steal or drains.
+            start = now;
+        } else if now.wrapping_sub(start) > SPIN_CYCLES {
             return None;
         }
     }
