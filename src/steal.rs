@@ -24,8 +24,8 @@
 //! - if the victim has made no hand-off at all for [`STALL_CYCLES`] (its
 //!   published switch count stood still), one long actor holds it and the
 //!   queue behind it waits the whole of that actor's run: steal at once
-//!   rather than wait out the patience (a fan-out of compute-bound actors
-//!   spreads over the workers within microseconds).
+//!   rather than wait out the patience (a few compute-bound actors queued
+//!   behind a long one spread over the workers within microseconds).
 //!
 //! The watch is the thief's own state; the victim pays one relaxed store of
 //! its switch count per hand-off (`WorkerShared::switches`), on a line only
