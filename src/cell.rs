@@ -441,11 +441,6 @@ impl ActorRef {
     }
 
     #[inline]
-    pub(crate) fn unpark_owned(self) {
-        crate::scheduler::unpark_cell(self.0);
-    }
-
-    #[inline]
     pub(crate) fn unpark_owned_as(self, lifo: bool) {
         crate::scheduler::unpark_cell_as(self.0, lifo);
     }

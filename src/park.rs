@@ -50,10 +50,7 @@ impl Unparker {
     /// round trip compared with `unpark` followed by drop.
     #[inline]
     pub(crate) fn unpark_owned(self) {
-        match self.0 {
-            Inner::Actor(a) => a.unpark_owned(),
-            Inner::Thread(t) => t.unpark(),
-        }
+        self.unpark_owned_as(true)
     }
 
     /// [`Unparker::unpark_owned`], choosing whether a woken actor takes the

@@ -125,9 +125,9 @@ pub(crate) struct WorkerShared {
     /// Actors this worker spawned / finished (owner-written counters).
     pub spawned: AtomicU64,
     pub exited: AtomicU64,
-    /// Hand-offs this worker has made (owner-written): thieves read it to
-    /// tell a worker held by one long actor from one cycling through short
-    /// ones (see steal.rs).
+    /// This worker's tick count, one per pick of the next actor
+    /// (owner-written): thieves read it to tell a worker held by one long
+    /// actor from one cycling through short ones (see steal.rs).
     pub switches: AtomicU32,
 }
 
@@ -630,10 +630,7 @@ impl Local {
                 self.watching |= head != tail;
                 continue;
             }
-            if let Some(t) = sh.workers[i]
-                .queue
-                .steal_into(&sh.workers[self.index].queue)
-            {
+            if let Some(t) = victim.queue.steal_into(&sh.workers[self.index].queue) {
                 return Some(t);
             }
         }
