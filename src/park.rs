@@ -93,15 +93,19 @@ pub(crate) fn park() {
     }
 }
 
-/// Like [`park`], but returns no later than about `deadline` (never reports
-/// which). In an actor the wait is a timer of the runtime's timer mechanism.
-pub(crate) fn park_until(deadline: Instant) {
+/// Like [`park`], but returns no later than about `deadline`. In an actor
+/// the wait is a timer of the runtime's timer mechanism, and the result is
+/// true when that timer fired: the deadline has then passed (the runtime
+/// clock read when it fired was at or past it), so the caller need not read
+/// the clock to know. False when woken otherwise, or on a plain thread.
+pub(crate) fn park_until(deadline: Instant) -> bool {
     if scheduler::in_actor() {
-        scheduler::park_actor(Some(deadline));
+        scheduler::park_actor(Some(deadline))
     } else {
         let now = Instant::now();
         if deadline > now {
             std::thread::park_timeout(deadline - now);
         }
+        false
     }
 }

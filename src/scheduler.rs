@@ -1336,7 +1336,7 @@ fn check_kill(c: &ActorCell) {
 }
 
 /// Parks the running actor (see park.rs), with an optional deadline.
-pub(crate) fn park_actor(deadline: Option<Instant>) {
+pub(crate) fn park_actor(deadline: Option<Instant>) -> bool {
     let c = current_cell().expect("park_actor outside an actor");
     pin_if_unwinding(c);
     // Fast path: the token is already there.
@@ -1344,7 +1344,7 @@ pub(crate) fn park_actor(deadline: Option<Instant>) {
     if s & NOTIFIED != 0 {
         c.state.fetch_and(!NOTIFIED, Ordering::AcqRel);
         check_kill(c);
-        return;
+        return false;
     }
     check_kill(c);
     let armed = match deadline {
@@ -1361,10 +1361,11 @@ pub(crate) fn park_actor(deadline: Option<Instant>) {
     switch_away(Post::Park, false);
     // `c` is still our own cell (never re-derive it from a thread-local
     // read made before the switch: we may be on another thread now).
-    if armed {
-        cancel_timer(c);
-    }
+    // A timer that is no longer armed has fired: `fire_timers` pops only
+    // entries due at a clock value it read, so the deadline has passed.
+    let fired = armed && !cancel_timer(c);
     check_kill(c);
+    fired
 }
 
 /// At a voluntary suspension an actor may move to another thread, unless it
@@ -1477,7 +1478,9 @@ fn arm_timer(sh: &Shared, c: &'static ActorCell, at: u64) {
     }
 }
 
-fn cancel_timer(c: &'static ActorCell) {
+/// Removes the running actor's timer if it is still armed; false if it had
+/// fired (or there was none).
+fn cancel_timer(c: &'static ActorCell) -> bool {
     let _np = preempt::disable();
     // SAFETY: the running actor's runtime is live.
     let sh = unsafe { &*c.runtime.get() };
@@ -1486,7 +1489,7 @@ fn cancel_timer(c: &'static ActorCell) {
     // SAFETY: a racy read of a word, validated below under the lock.
     let owner = unsafe { std::ptr::read_volatile(&(*c.timer.get()).owner) };
     if owner == 0 {
-        return;
+        return false;
     }
     let w = &sh.workers[owner - 1];
     let removed = {
@@ -1502,9 +1505,13 @@ fn cancel_timer(c: &'static ActorCell) {
             None
         }
     };
-    if let Some(r) = removed {
-        // SAFETY: the heap's reference is ours now.
-        unsafe { (*r).release() };
+    match removed {
+        Some(r) => {
+            // SAFETY: the heap's reference is ours now.
+            unsafe { (*r).release() };
+            true
+        }
+        None => false,
     }
 }
 

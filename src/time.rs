@@ -8,7 +8,8 @@ use crate::park;
 /// On a plain thread, `std::thread::sleep`.
 pub fn sleep(d: Duration) {
     if crate::scheduler::in_actor() {
-        sleep_until(Instant::now() + d);
+        let now = Instant::now();
+        wait_until(now + d, now);
     } else {
         std::thread::sleep(d);
     }
@@ -24,9 +25,19 @@ pub fn sleep_until(deadline: Instant) {
         }
         return;
     }
-    // Wake-ups before the deadline (a stray unpark) just park again.
-    while Instant::now() < deadline {
-        park::park_until(deadline);
+    wait_until(deadline, Instant::now());
+}
+
+/// Parks the running actor until `deadline`, `now` being the clock's value
+/// a moment ago. One clock read a sleep: a wake-up by the timer means the
+/// deadline has passed (`park_until`); any other wake-up before it (a stray
+/// unpark) reads the clock and parks again.
+fn wait_until(deadline: Instant, mut now: Instant) {
+    while now < deadline {
+        if park::park_until(deadline) {
+            return;
+        }
+        now = Instant::now();
     }
 }
 
@@ -65,4 +76,50 @@ pub fn raw_switch_pingpong(n: u64) -> Duration {
     let el = t.elapsed();
     crate::stack::free(stack);
     el
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::park;
+    use crate::runtime::{self, Config};
+
+    /// A wake-up that is not the timer's (here: unparks sent while the
+    /// actor sleeps) does not end the sleep: it reads the clock and parks
+    /// again. Only the lower bound is asserted.
+    #[test]
+    fn a_sleep_woken_by_a_stray_unpark_sleeps_on() {
+        let rt = runtime::init(Config::default().threads(2));
+        let early = rt.block_on(|| {
+            let d = Duration::from_millis(20);
+            let sleepers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (tx, rx) = crate::channel::<park::Unparker>();
+                    let h = crate::spawn(move || {
+                        tx.send(park::current()).expect("waker side gone");
+                        let t = Instant::now();
+                        super::sleep(d);
+                        let slept = t.elapsed();
+                        let deadline = Instant::now() + Duration::from_millis(5);
+                        super::sleep_until(deadline);
+                        slept < d || Instant::now() < deadline
+                    });
+                    (h, rx.recv().expect("sleeper gone"))
+                })
+                .collect();
+            for _ in 0..50 {
+                for (_, u) in &sleepers {
+                    u.unpark();
+                }
+                crate::yield_now();
+            }
+            sleepers
+                .into_iter()
+                .map(|(h, _)| h.join().expect("sleeper failed"))
+                .filter(|&early| early)
+                .count()
+        });
+        assert_eq!(early, 0);
+    }
 }

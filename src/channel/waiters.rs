@@ -386,7 +386,9 @@ pub(crate) fn block_on<R>(
         // and the check above then reports the timeout.
         match deadline {
             None => park::park(),
-            Some(d) => park::park_until(d),
+            Some(d) => {
+                park::park_until(d);
+            }
         }
         parked = true;
         owed = reg.finish();

@@ -229,7 +229,9 @@ impl IoEntry {
         };
         let _guard = WaiterGuard { entry: self, b, id };
         match deadline {
-            Some(d) => park::park_until(d),
+            Some(d) => {
+                park::park_until(d);
+            }
             None => park::park(),
         }
         Ok(())
