@@ -8,8 +8,10 @@
 //! - every [`CHECK_INTERVAL`]-th `smarm::check!()` it passes, for loops that
 //!   never allocate.
 //!
-//! The counting path is a thread-local decrement and a branch; only when the
-//! count runs out is the TSC read. `check!()` is also where a pending kill
+//! The counting path is a thread-local decrement and a branch (the hook also
+//! counts the thread's allocations, one increment on the same line, which
+//! the steady-state tests read); only when the count runs out is the TSC
+//! read. `check!()` is also where a pending kill
 //! reaches a loop that never blocks: it unwinds the actor there (an
 //! allocation never does). The slice is measured from the first such
 //! check after the actor was switched in (so a switch-in costs no TSC read).
@@ -54,6 +56,10 @@ struct State {
     /// This worker's runtime settings.
     alloc_interval: Cell<u32>,
     timeslice: Cell<u64>,
+    /// Allocations (alloc, alloc_zeroed, realloc) this thread has made
+    /// through the hook: what tests of "allocates nothing in steady state"
+    /// read (`__private::thread_allocations`).
+    allocs: Cell<u64>,
 }
 
 thread_local! {
@@ -65,8 +71,19 @@ thread_local! {
             slice_start: Cell::new(0),
             alloc_interval: Cell::new(0),
             timeslice: Cell::new(u64::MAX),
+            allocs: Cell::new(0),
         }
     };
+}
+
+/// How many allocations the calling thread has made through
+/// [`PreemptAlloc`] (0 where smarm's allocator is not the global one). In
+/// an actor, that is its scheduler thread's count. Not inlined: the count
+/// is this thread's. (For tests: `smarm::__private::thread_allocations`.)
+#[doc(hidden)]
+#[inline(never)]
+pub fn thread_allocations() -> u64 {
+    STATE.try_with(|s| s.allocs.get()).unwrap_or(0)
 }
 
 /// Reads the time-stamp counter.
@@ -189,6 +206,7 @@ fn slow_check(reset_alloc: bool) {
 fn on_alloc() {
     let run_out = STATE
         .try_with(|s| {
+            s.allocs.set(s.allocs.get().wrapping_add(1));
             let c = s.alloc_countdown.get();
             if c > 1 {
                 s.alloc_countdown.set(c - 1);
