@@ -1,7 +1,7 @@
 //! The hot paths allocate nothing in steady state: after a warm-up, a
-//! thousand more spawns and joins, yields, channel hand-offs, armed and
-//! cancelled timers and fired timers make no allocation on the scheduler
-//! thread that runs them (counted by smarm's allocator hook, which the
+//! thousand more spawns (joined, detached or supervised), yields, channel
+//! hand-offs, armed and cancelled timers and fired timers make no
+//! allocation on the scheduler thread that runs them (counted by smarm's allocator hook, which the
 //! default `global-allocator` feature registers).
 //!
 //! One scheduler thread, so every actor of a test runs on the thread whose
@@ -134,4 +134,31 @@ fn timers_allocate_nothing() {
     });
     assert_eq!(cancelled, 0, "allocations in 1,000 timed receives");
     assert_eq!(fired, 0, "allocations in 2,000 fired timers");
+}
+
+#[test]
+fn supervised_and_detached_spawns_allocate_nothing() {
+    let rt = one_thread();
+    let (supervised, detached) = rt.block_on(|| {
+        // A child under a supervisor channel: its exit is a `Signal::Exit`
+        // sent there, received here.
+        let (sup_tx, sup_rx) = smarm::channel::<smarm::Signal>();
+        let supervised = allocations_in_steady_state(1_000, || {
+            drop(smarm::spawn_under(sup_tx.clone(), || {}));
+            match sup_rx.recv().expect("signal lost") {
+                smarm::Signal::Exit(_) => {}
+                other => panic!("unexpected signal {other:?}"),
+            }
+        });
+        // A detached child (its handle dropped at once) that reports back.
+        let (tx, rx) = smarm::channel::<u64>();
+        let detached = allocations_in_steady_state(1_000, || {
+            let tx = tx.clone();
+            drop(smarm::spawn(move || tx.send(1).expect("receiver here")));
+            rx.recv().expect("child gone");
+        });
+        (supervised, detached)
+    });
+    assert_eq!(supervised, 0, "allocations in 1,000 supervised spawns");
+    assert_eq!(detached, 0, "allocations in 1,000 detached spawns");
 }
