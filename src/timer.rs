@@ -59,27 +59,33 @@ impl TimerHeap {
         }
     }
 
-    #[inline]
-    fn deadline(&self, i: usize) -> u64 {
-        self.entries[i].deadline
-    }
-
-    #[inline]
-    fn set(&mut self, i: usize, e: Entry) {
-        self.entries[i] = e;
+    /// Writes `e` at `i` and records the position in its cell.
+    ///
+    /// # Safety
+    /// `i < self.entries.len()`, and the caller holds this heap's lock.
+    #[inline(always)]
+    unsafe fn put(&mut self, i: usize, e: Entry) {
+        // SAFETY: in bounds by the contract.
+        unsafe { *self.entries.get_unchecked_mut(i) = e };
         // SAFETY: heap entries are live cells (the heap holds a reference),
         // and their timer slots are guarded by this heap's lock, held.
         unsafe { (*(*e.cell).timer.get()).pos = i };
     }
 
+    /// The deadline of entry `i`.
+    ///
+    /// # Safety
+    /// `i < self.entries.len()`.
+    #[inline(always)]
+    unsafe fn deadline_at(&self, i: usize) -> u64 {
+        // SAFETY: in bounds by the contract.
+        unsafe { self.entries.get_unchecked(i).deadline }
+    }
+
     /// Earliest deadline, or NEVER.
     #[inline]
     pub(crate) fn peek(&self) -> u64 {
-        if self.entries.is_empty() {
-            NEVER
-        } else {
-            self.deadline(0)
-        }
+        self.entries.first().map_or(NEVER, |e| e.deadline)
     }
 
     /// Inserts `c` (whose `timer.deadline` and `timer.owner` are set); the
@@ -89,9 +95,8 @@ impl TimerHeap {
         let deadline = unsafe { (*(*c).timer.get()).deadline };
         let e = Entry { deadline, cell: c };
         self.entries.push(e);
-        let i = self.entries.len() - 1;
-        self.set(i, e);
-        self.sift_up(i);
+        // SAFETY: the slot just pushed is in bounds.
+        unsafe { self.sift_up(self.entries.len() - 1, e) };
     }
 
     /// Removes the entry at `pos`; returns the cell (and its reference).
@@ -99,61 +104,88 @@ impl TimerHeap {
         let c = self.entries[pos].cell;
         let last = self.entries.pop().expect("non-empty heap");
         if pos < self.entries.len() {
-            self.set(pos, last);
-            self.sift_down(pos);
-            self.sift_up(pos);
+            // SAFETY: `pos` is in bounds of the shortened heap.
+            unsafe { self.fill(pos, last) };
         }
-        // SAFETY: as in `deadline`.
+        // SAFETY: as in `put`.
         unsafe { (*(*c).timer.get()).owner = 0 };
         c
     }
 
     /// Pops the earliest entry if it is due at `now`.
+    #[inline]
     pub(crate) fn pop_due(&mut self, now: u64) -> Option<*const ActorCell> {
-        (!self.entries.is_empty() && self.deadline(0) <= now).then(|| self.remove(0))
+        (self.peek() <= now).then(|| self.remove(0))
     }
 
-    fn sift_up(&mut self, mut i: usize) {
-        let c = self.entries[i];
-        let d = self.deadline(i);
+    /// Moves `e` up from the hole at `i` to where its parent is no later.
+    ///
+    /// # Safety
+    /// `i < self.entries.len()`.
+    #[inline(always)]
+    unsafe fn sift_up(&mut self, mut i: usize, e: Entry) {
         while i > 0 {
             let p = (i - 1) / ARITY;
-            if self.deadline(p) <= d {
+            // SAFETY: a parent index is below `i`, in bounds.
+            let pe = unsafe { *self.entries.get_unchecked(p) };
+            if pe.deadline <= e.deadline {
                 break;
             }
-            let pc = self.entries[p];
-            self.set(i, pc);
+            // SAFETY: `i` is in bounds.
+            unsafe { self.put(i, pe) };
             i = p;
         }
-        self.set(i, c);
+        // SAFETY: `i` is in bounds.
+        unsafe { self.put(i, e) };
     }
 
-    fn sift_down(&mut self, mut i: usize) {
+    /// Fills the hole at `i` with `e`: first the hole goes down to a leaf,
+    /// the earliest child moving up at each level, then `e` sifts up from
+    /// there. The element that fills a hole is the heap's former last one,
+    /// which belongs near the bottom, so descending without comparing it
+    /// (Floyd's method) saves a comparison per level and the sift-up
+    /// usually stops at once. Each child that moves up was in the hole's
+    /// subtree, so it is no earlier than the hole's parent: the order above
+    /// the hole holds throughout.
+    ///
+    /// # Safety
+    /// `i < self.entries.len()`.
+    unsafe fn fill(&mut self, mut i: usize, e: Entry) {
         let n = self.entries.len();
-        let c = self.entries[i];
-        let d = self.deadline(i);
         loop {
             let first = i * ARITY + 1;
-            if first >= n {
-                break;
-            }
-            let mut best = first;
-            let mut bd = self.deadline(first);
-            for k in first + 1..(first + ARITY).min(n) {
-                let kd = self.deadline(k);
-                if kd < bd {
-                    best = k;
-                    bd = kd;
+            let best = if first + ARITY <= n {
+                // SAFETY: the four children are in bounds.
+                unsafe {
+                    let mut b = first;
+                    let mut bd = self.deadline_at(first);
+                    for k in 1..ARITY {
+                        let kd = self.deadline_at(first + k);
+                        if kd < bd {
+                            b = first + k;
+                            bd = kd;
+                        }
+                    }
+                    b
                 }
-            }
-            if bd >= d {
+            } else if first < n {
+                let mut b = first;
+                for k in first + 1..n {
+                    // SAFETY: `k < n` and `b < n`.
+                    if unsafe { self.deadline_at(k) < self.deadline_at(b) } {
+                        b = k;
+                    }
+                }
+                b
+            } else {
                 break;
-            }
-            let bc = self.entries[best];
-            self.set(i, bc);
+            };
+            // SAFETY: `best` and `i` are in bounds.
+            unsafe { self.put(i, *self.entries.get_unchecked(best)) };
             i = best;
         }
-        self.set(i, c);
+        // SAFETY: `i` is in bounds (a leaf of the heap).
+        unsafe { self.sift_up(i, e) };
     }
 
     /// Takes every entry out (shutdown).
