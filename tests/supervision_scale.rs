@@ -95,10 +95,21 @@ fn panic_output_names_the_actor() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    let pid = String::from_utf8_lossy(&out.stdout)
+    // libtest prints "test name ... " in front of the child's first line
+    // when it runs one test at a time (one CPU), so search within lines.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let pid = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("child pid ").map(str::to_owned))
-        .expect("the child printed its pid");
+        .find_map(|l| {
+            l.find("child pid ")
+                .map(|i| l[i + "child pid ".len()..].to_owned())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the child printed no pid:
+{stdout}"
+            )
+        });
     let want = format!("smarm: actor {pid} \"flaky-worker\" panicked");
     assert!(err.contains(&want), "no line {want:?} in:\n{err}");
 }
