@@ -1,11 +1,13 @@
-//! The hot paths allocate nothing in steady state: after a warm-up, a
-//! thousand more spawns (joined, detached or supervised), yields, channel
-//! hand-offs, armed and cancelled timers and fired timers make no
-//! allocation on the scheduler thread that runs them (counted by smarm's allocator hook, which the
-//! default `global-allocator` feature registers).
+//! The hot paths allocate nothing and make no system call in steady state:
+//! after a warm-up, a thousand more spawns (joined, detached or supervised),
+//! yields, channel hand-offs, armed and cancelled timers and fired timers
+//! make no allocation and no system call on the scheduler thread that runs
+//! them. Allocations are counted by smarm's allocator hook (which the default
+//! `global-allocator` feature registers); system calls by the kernel's
+//! syscall user dispatch (see `kernel_entries`).
 //!
 //! One scheduler thread, so every actor of a test runs on the thread whose
-//! count the test reads.
+//! counts the test reads.
 
 use std::time::{Duration, Instant};
 
@@ -16,17 +18,49 @@ fn one_thread() -> Runtime {
     runtime::init(Config::default().threads(1))
 }
 
-/// Runs `op` `n` times to warm up, then `n` times more, and returns the
-/// allocations the second `n` made on this thread.
-fn allocations_in_steady_state(n: usize, mut op: impl FnMut()) -> u64 {
+/// What `n` repetitions of an operation cost after `n` of warm-up.
+#[derive(Debug)]
+struct Cost {
+    allocations: u64,
+    /// The numbers of the system calls made, in order (the first 64 of
+    /// them; None: the kernel cannot count them, and the test says so on
+    /// stderr).
+    syscalls: Option<Vec<i32>>,
+}
+
+impl Cost {
+    /// Asserts that `what` allocated nothing and entered the kernel never.
+    fn assert_free(&self, what: &str) {
+        assert_eq!(self.allocations, 0, "allocations in {what}");
+        match &self.syscalls {
+            Some(calls) => assert!(calls.is_empty(), "system calls in {what}: {calls:?}"),
+            None => eprintln!(
+                "steady_state: system calls in {what} not counted: \
+                 this kernel has no syscall user dispatch (Linux 5.11+)"
+            ),
+        }
+    }
+}
+
+/// Runs `op` `n` times to warm up, then `n` times more, and returns what
+/// the second `n` cost on this thread. Called in an actor, so "this thread"
+/// is the scheduler thread that runs it.
+fn steady_state(n: usize, mut op: impl FnMut()) -> Cost {
     for _ in 0..n {
         op();
     }
+    let watch = kernel_entries::watch();
     let before = thread_allocations();
+    watch.start();
     for _ in 0..n {
         op();
     }
-    thread_allocations() - before
+    // Counted before `stop`, which collects the calls into a vector.
+    let allocations = thread_allocations() - before;
+    Cost {
+        allocations,
+        syscalls: watch.stop(),
+    }
 }
 
 /// Spawns an actor that answers each value received on `ping` with the
@@ -48,6 +82,159 @@ fn echo(
     (pong_rx, h)
 }
 
+/// Counts the system calls of one thread with Linux's syscall user
+/// dispatch (`PR_SET_SYSCALL_USER_DISPATCH`): while a selector byte says
+/// "block", every system call the thread makes outside an allowed code
+/// range is turned into a SIGSYS before the kernel runs it. The handler
+/// records the call's number and then makes the call itself (selector set
+/// to "allow" meanwhile) and puts its result where the interrupted code
+/// expects it, so the runtime carries on as if nothing had happened. The
+/// allowed range is the C library's signal return trampoline, whose
+/// `rt_sigreturn` ends the handler.
+mod kernel_entries {
+    use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+
+    const PR_SET_SYSCALL_USER_DISPATCH: libc::c_int = 59;
+    const PR_SYS_DISPATCH_OFF: libc::c_ulong = 0;
+    const PR_SYS_DISPATCH_ON: libc::c_ulong = 1;
+    const ALLOW: u8 = 0;
+    const BLOCK: u8 = 1;
+    /// Bytes of the signal return trampoline (`mov $15, %eax; syscall`).
+    const TRAMPOLINE_LEN: libc::c_ulong = 16;
+    /// How many call numbers are kept (the count goes on beyond).
+    const KEPT: usize = 64;
+
+    /// The selector byte the kernel reads on every system call of a
+    /// watched thread. Only one thread is watched at a time (`LOCK`).
+    static SELECTOR: AtomicU8 = AtomicU8::new(ALLOW);
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    static CALLS: [AtomicI32; KEPT] = [const { AtomicI32::new(0) }; KEPT];
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// The SIGSYS of a dispatched call: siginfo's head and the `_sigsys`
+    /// member of its union (x86-64 layout).
+    #[repr(C)]
+    struct SigsysInfo {
+        signo: i32,
+        errno: i32,
+        code: i32,
+        _pad: i32,
+        call_addr: *mut libc::c_void,
+        syscall: i32,
+        arch: u32,
+    }
+
+    extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        // SAFETY: the kernel passes a SIGSYS siginfo (read through its
+        // documented x86-64 layout) and the interrupted thread's ucontext,
+        // ours to read and change until the handler returns.
+        unsafe {
+            let nr = (*info.cast::<SigsysInfo>()).syscall;
+            let k = COUNT.fetch_add(1, Ordering::Relaxed);
+            if k < KEPT {
+                CALLS[k].store(nr, Ordering::Relaxed);
+            }
+            let g = &mut (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs;
+            let arg = |r: libc::c_int| g[r as usize];
+            let (a1, a2, a3) = (arg(libc::REG_RDI), arg(libc::REG_RSI), arg(libc::REG_RDX));
+            let (a4, a5, a6) = (arg(libc::REG_R10), arg(libc::REG_R8), arg(libc::REG_R9));
+            let prev = SELECTOR.swap(ALLOW, Ordering::SeqCst);
+            let ret: i64;
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") nr as i64 => ret,
+                in("rdi") a1, in("rsi") a2, in("rdx") a3,
+                in("r10") a4, in("r8") a5, in("r9") a6,
+                lateout("rcx") _, lateout("r11") _,
+                options(nostack),
+            );
+            SELECTOR.store(prev, Ordering::SeqCst);
+            g[libc::REG_RAX as usize] = ret;
+        }
+    }
+
+    /// Installs the SIGSYS handler once; returns the signal return
+    /// trampoline's address (the range the kernel always allows).
+    fn trampoline() -> usize {
+        static TRAMPOLINE: OnceLock<usize> = OnceLock::new();
+        *TRAMPOLINE.get_or_init(|| {
+            // SAFETY: installing a process-wide SIGSYS handler (nothing else
+            // in these tests uses SIGSYS) and reading back the action, which
+            // the C library completed with its return trampoline.
+            unsafe {
+                let mut act: libc::sigaction = std::mem::zeroed();
+                act.sa_sigaction = on_sigsys as *const () as usize;
+                act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+                libc::sigemptyset(&mut act.sa_mask);
+                assert_eq!(libc::sigaction(libc::SIGSYS, &act, std::ptr::null_mut()), 0);
+                let mut now: libc::sigaction = std::mem::zeroed();
+                assert_eq!(libc::sigaction(libc::SIGSYS, std::ptr::null(), &mut now), 0);
+                now.sa_restorer.map_or(0, |f| f as usize)
+            }
+        })
+    }
+
+    /// Watches the calling thread's system calls between `start` and `stop`.
+    pub struct Watch {
+        _one: std::sync::MutexGuard<'static, ()>,
+        on: bool,
+    }
+
+    /// Turns syscall user dispatch on for the calling thread (selector at
+    /// "allow"); `on` is false where the kernel lacks it.
+    pub fn watch() -> Watch {
+        let one = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let tramp = trampoline();
+        SELECTOR.store(ALLOW, Ordering::SeqCst);
+        // SAFETY: the selector is a static byte, valid for the thread's
+        // life; the allowed range is the trampoline's code.
+        let r = unsafe {
+            libc::prctl(
+                PR_SET_SYSCALL_USER_DISPATCH,
+                PR_SYS_DISPATCH_ON,
+                tramp as libc::c_ulong,
+                TRAMPOLINE_LEN,
+                SELECTOR.as_ptr() as libc::c_ulong,
+            )
+        };
+        Watch {
+            _one: one,
+            on: tramp != 0 && r == 0,
+        }
+    }
+
+    impl Watch {
+        /// From here on, the thread's system calls are counted.
+        pub fn start(&self) {
+            COUNT.store(0, Ordering::SeqCst);
+            SELECTOR.store(BLOCK, Ordering::SeqCst);
+        }
+
+        /// Stops counting; returns the numbers of the calls made since
+        /// `start` (None where the kernel cannot count them).
+        pub fn stop(self) -> Option<Vec<i32>> {
+            SELECTOR.store(ALLOW, Ordering::SeqCst);
+            let n = COUNT.load(Ordering::SeqCst);
+            self.on.then(|| {
+                (0..n.min(KEPT))
+                    .map(|k| CALLS[k].load(Ordering::Relaxed))
+                    .collect()
+            })
+        }
+    }
+
+    impl Drop for Watch {
+        fn drop(&mut self) {
+            SELECTOR.store(ALLOW, Ordering::SeqCst);
+            if self.on {
+                // SAFETY: turning the calling thread's dispatch off.
+                unsafe { libc::prctl(PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_OFF, 0, 0, 0) };
+            }
+        }
+    }
+}
+
 #[test]
 fn the_hook_counts_allocations() {
     let rt = one_thread();
@@ -61,19 +248,38 @@ fn the_hook_counts_allocations() {
 }
 
 #[test]
-fn spawn_and_join_allocate_nothing() {
+fn the_watch_counts_system_calls_and_they_still_work() {
+    let rt = one_thread();
+    let (want, got, calls) = rt.block_on(|| {
+        // SAFETY: getppid has no preconditions.
+        let want = unsafe { libc::getppid() };
+        let watch = kernel_entries::watch();
+        watch.start();
+        // SAFETY: as above.
+        let got = unsafe { libc::getppid() };
+        (want, got, watch.stop())
+    });
+    assert_eq!(got, want, "the dispatched call returned its true result");
+    match calls {
+        Some(calls) => assert_eq!(calls, vec![libc::SYS_getppid as i32]),
+        None => eprintln!("steady_state: no syscall user dispatch on this kernel"),
+    }
+}
+
+#[test]
+fn spawn_and_join_are_free() {
     let rt = one_thread();
     let n = rt.block_on(|| {
-        allocations_in_steady_state(1_000, || {
+        steady_state(1_000, || {
             let h = smarm::spawn(|| 7u64);
             assert_eq!(h.join().expect("child failed"), 7);
         })
     });
-    assert_eq!(n, 0, "allocations in 1,000 spawn + join");
+    n.assert_free("1,000 spawn + join");
 }
 
 #[test]
-fn yield_allocates_nothing() {
+fn yield_is_free() {
     let rt = one_thread();
     let n = rt.block_on(|| {
         let other = smarm::spawn(|| {
@@ -81,15 +287,15 @@ fn yield_allocates_nothing() {
                 smarm::yield_now();
             }
         });
-        let n = allocations_in_steady_state(1_000, smarm::yield_now);
+        let n = steady_state(1_000, smarm::yield_now);
         other.join().expect("yielder failed");
         n
     });
-    assert_eq!(n, 0, "allocations in 1,000 yields");
+    n.assert_free("1,000 yields");
 }
 
 #[test]
-fn channel_hand_offs_allocate_nothing() {
+fn channel_hand_offs_are_free() {
     let rt = one_thread();
     let (bounded, unbounded) = rt.block_on(|| {
         let mut counts = Vec::new();
@@ -100,21 +306,22 @@ fn channel_hand_offs_allocate_nothing() {
             };
             let (pong_rx, echo) = echo(ping_rx, 0);
             let mut v = 0;
-            counts.push(allocations_in_steady_state(1_000, || {
+            counts.push(steady_state(1_000, || {
                 ping_tx.send(v).expect("echo gone");
                 v = pong_rx.recv().expect("echo gone");
             }));
             drop(ping_tx);
             echo.join().expect("echo failed");
         }
-        (counts[0], counts[1])
+        let unbounded = counts.pop().expect("two counts");
+        (counts.pop().expect("two counts"), unbounded)
     });
-    assert_eq!(bounded, 0, "allocations in 1,000 bounded round trips");
-    assert_eq!(unbounded, 0, "allocations in 1,000 unbounded round trips");
+    bounded.assert_free("1,000 bounded round trips");
+    unbounded.assert_free("1,000 unbounded round trips");
 }
 
 #[test]
-fn timers_allocate_nothing() {
+fn timers_are_free() {
     let rt = one_thread();
     let (cancelled, fired) = rt.block_on(|| {
         // Armed and cancelled: a receive with a timeout that a message
@@ -124,7 +331,7 @@ fn timers_allocate_nothing() {
         // wakes it and it cancels the timer.
         let (ping_tx, ping_rx) = smarm::channel::<u64>();
         let (pong_rx, echo) = echo(ping_rx, 1);
-        let cancelled = allocations_in_steady_state(1_000, || {
+        let cancelled = steady_state(1_000, || {
             ping_tx.send(1).expect("echo gone");
             pong_rx
                 .recv_timeout(Duration::from_secs(5))
@@ -135,24 +342,24 @@ fn timers_allocate_nothing() {
         // Armed and fired: sleeps that run out (the 1 ns one arms a timer
         // that fires at the next timer check; the one until now returns
         // without arming).
-        let fired = allocations_in_steady_state(1_000, || {
+        let fired = steady_state(1_000, || {
             smarm::sleep_until(Instant::now());
             smarm::sleep(Duration::from_nanos(1));
         });
         (cancelled, fired)
     });
-    assert_eq!(cancelled, 0, "allocations in 1,000 timed receives");
-    assert_eq!(fired, 0, "allocations in 1,000 fired timers");
+    cancelled.assert_free("1,000 timed receives");
+    fired.assert_free("1,000 fired timers");
 }
 
 #[test]
-fn supervised_and_detached_spawns_allocate_nothing() {
+fn supervised_and_detached_spawns_are_free() {
     let rt = one_thread();
     let (supervised, detached) = rt.block_on(|| {
         // A child under a supervisor channel: its exit is a `Signal::Exit`
         // sent there, received here.
         let (sup_tx, sup_rx) = smarm::channel::<smarm::Signal>();
-        let supervised = allocations_in_steady_state(1_000, || {
+        let supervised = steady_state(1_000, || {
             drop(smarm::spawn_under(sup_tx.clone(), || {}));
             match sup_rx.recv().expect("signal lost") {
                 smarm::Signal::Exit(_) => {}
@@ -161,13 +368,13 @@ fn supervised_and_detached_spawns_allocate_nothing() {
         });
         // A detached child (its handle dropped at once) that reports back.
         let (tx, rx) = smarm::channel::<u64>();
-        let detached = allocations_in_steady_state(1_000, || {
+        let detached = steady_state(1_000, || {
             let tx = tx.clone();
             drop(smarm::spawn(move || tx.send(1).expect("receiver here")));
             rx.recv().expect("child gone");
         });
         (supervised, detached)
     });
-    assert_eq!(supervised, 0, "allocations in 1,000 supervised spawns");
-    assert_eq!(detached, 0, "allocations in 1,000 detached spawns");
+    supervised.assert_free("1,000 supervised spawns");
+    detached.assert_free("1,000 detached spawns");
 }
