@@ -293,7 +293,7 @@ static GLOBAL_FREE: Mutex<Vec<SendPtr>> = Mutex::new(Vec::new());
 struct FreeList(Vec<*mut ActorCell>);
 impl Drop for FreeList {
     fn drop(&mut self) {
-        let mut g = GLOBAL_FREE.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = crate::global_lock::lock(&GLOBAL_FREE);
         g.extend(self.0.drain(..).map(SendPtr));
     }
 }
@@ -302,7 +302,7 @@ thread_local! {
 }
 
 fn refill(out: &mut Vec<*mut ActorCell>) {
-    let mut g = GLOBAL_FREE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut g = crate::global_lock::lock(&GLOBAL_FREE);
     if g.is_empty() {
         let n = CHUNK_COUNT.load(Ordering::Relaxed);
         assert!(
@@ -339,10 +339,7 @@ pub(crate) fn alloc_cell() -> &'static ActorCell {
             let mut v = Vec::new();
             refill(&mut v);
             let p = v.pop().expect("refilled");
-            GLOBAL_FREE
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(v.into_iter().map(SendPtr));
+            crate::global_lock::lock(&GLOBAL_FREE).extend(v.into_iter().map(SendPtr));
             p
         });
     // SAFETY: slab cells are never deallocated.
@@ -355,15 +352,12 @@ fn free_cell(p: *mut ActorCell) {
         f.0.push(p);
         if f.0.len() >= 2 * BATCH {
             let at = f.0.len() - BATCH;
-            let mut g = GLOBAL_FREE.lock().unwrap_or_else(|e| e.into_inner());
+            let mut g = crate::global_lock::lock(&GLOBAL_FREE);
             g.extend(f.0.drain(at..).map(SendPtr));
         }
     });
     if r.is_err() {
-        GLOBAL_FREE
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(SendPtr(p));
+        crate::global_lock::lock(&GLOBAL_FREE).push(SendPtr(p));
     }
 }
 

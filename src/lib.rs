@@ -24,6 +24,7 @@ mod actor;
 mod arch;
 mod cell;
 pub mod channel;
+mod global_lock;
 pub mod io;
 pub mod net;
 mod overflow;
@@ -63,6 +64,7 @@ pub use time::{sleep, sleep_until};
 #[doc(hidden)]
 pub mod __private {
     //! Support for smarm's own benchmarks and tests; not a public API.
+    pub use crate::global_lock::thread_count as thread_global_locks;
     pub use crate::preempt::thread_allocations;
     pub use crate::stack::{guard_mode, pool_stats, trim as trim_stacks, PoolStats, MAX_WARM};
     pub use crate::time::raw_switch_pingpong;

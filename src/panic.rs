@@ -55,7 +55,7 @@ fn hook(prev: &'static Hook, info: &PanicHookInfo<'_>) {
     let _np = crate::preempt::disable();
     // The actor is unwinding from now on (until its panic is caught).
     c.unwinding.set(true);
-    let _report = REPORT.lock().unwrap_or_else(|e| e.into_inner());
+    let _report = crate::global_lock::lock(&REPORT);
     let thread = std::thread::current();
     let tname = thread.name().unwrap_or("?");
     // SAFETY: the running actor's name is immutable while it runs.

@@ -287,7 +287,7 @@ impl Injector {
 
     pub(crate) fn push_batch(&self, tasks: impl Iterator<Item = Task>) {
         let _np = crate::preempt::disable();
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = crate::global_lock::lock(&self.queue);
         let before = q.len();
         q.extend(tasks.map(SendTask));
         self.len.fetch_add(q.len() - before, Ordering::Release);
@@ -300,7 +300,7 @@ impl Injector {
             return None;
         }
         let _np = crate::preempt::disable();
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = crate::global_lock::lock(&self.queue);
         let first = q.pop_front()?.0;
         let mut taken = 1;
         if let Some(lq) = dst {

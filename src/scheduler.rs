@@ -251,7 +251,7 @@ impl Shared {
     #[cold]
     fn wake_one_idle(&self) {
         let _np = preempt::disable();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = crate::global_lock::lock(&self.idle);
         if let Some(i) = idle.pop() {
             self.num_idle.store(idle.len(), Ordering::Relaxed);
             // The woken worker starts out searching (counted for it here).
@@ -1009,7 +1009,7 @@ pub(crate) fn worker_main(shared: Arc<Shared>, index: usize) {
     }
     LOCAL.with(|l| l.set(ptr::null_mut()));
     drop(local);
-    let mut n = sh.exited_workers.lock().unwrap_or_else(|e| e.into_inner());
+    let mut n = crate::global_lock::lock(&sh.exited_workers);
     *n += 1;
     sh.exited_cv.notify_all();
     drop(n);
@@ -1071,7 +1071,7 @@ fn idle(lp: *mut Local) {
     // Registrations with IO events, when this worker drove the reactor.
     let mut events = 0;
     {
-        let mut idle = sh.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = crate::global_lock::lock(&sh.idle);
         idle.push(me);
         sh.num_idle.store(idle.len(), Ordering::Relaxed);
     }
@@ -1115,7 +1115,7 @@ fn idle(lp: *mut Local) {
             stack::trim();
         }
     }
-    let mut idle = sh.idle.lock().unwrap_or_else(|e| e.into_inner());
+    let mut idle = crate::global_lock::lock(&sh.idle);
     if let Some(pos) = idle.iter().position(|&i| i == me) {
         idle.swap_remove(pos);
         sh.num_idle.store(idle.len(), Ordering::Relaxed);
@@ -1562,7 +1562,7 @@ pub(crate) fn shutdown(
     let n = threads.len();
     let mut last_live = u64::MAX;
     let mut last_progress = Instant::now();
-    let mut exited = sh.exited_workers.lock().unwrap_or_else(|e| e.into_inner());
+    let mut exited = crate::global_lock::lock(&sh.exited_workers);
     while *exited < n {
         let (g, _) = sh
             .exited_cv

@@ -204,7 +204,7 @@ pub(crate) fn class_for(size: usize) -> io::Result<u8> {
             None => break,
         }
     }
-    let _g = CLASS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = crate::global_lock::lock(&CLASS_LOCK);
     for (i, c) in all.iter().enumerate() {
         if let Some(c) = c.get() {
             if c.slot_size == slot {
@@ -226,7 +226,7 @@ pub(crate) fn class_for(size: usize) -> io::Result<u8> {
 impl Class {
     /// Moves up to `n` idle or new stacks into `out`.
     fn take(&self, out: &mut Vec<usize>, n: usize) -> io::Result<()> {
-        let mut l = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        let mut l = crate::global_lock::lock(&self.lists);
         while out.len() < n {
             if let Some(s) = l.warm.pop().or_else(|| l.cold.pop()) {
                 out.push(s);
@@ -246,7 +246,7 @@ impl Class {
     }
 
     fn give(&self, stacks: &mut Vec<usize>) {
-        let mut l = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        let mut l = crate::global_lock::lock(&self.lists);
         l.warm.append(stacks);
     }
 
@@ -282,7 +282,7 @@ impl Class {
     /// Gives back the memory of warm stacks beyond [`MAX_WARM`].
     fn trim(&self) -> usize {
         let mut excess = {
-            let mut l = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+            let mut l = crate::global_lock::lock(&self.lists);
             if l.warm.len() <= MAX_WARM {
                 return 0;
             }
@@ -312,7 +312,7 @@ impl Class {
             };
             i = j;
         }
-        let mut l = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        let mut l = crate::global_lock::lock(&self.lists);
         l.cold.append(&mut excess);
         n
     }
@@ -336,10 +336,10 @@ static TRIM: Mutex<()> = Mutex::new(());
 /// The stack pool's counts (diagnostics and tests); waits for a trim in
 /// progress to finish.
 pub fn pool_stats() -> PoolStats {
-    let _t = TRIM.lock().unwrap_or_else(|e| e.into_inner());
+    let _t = crate::global_lock::lock(&TRIM);
     let mut st = PoolStats::default();
     for c in classes().iter().filter_map(|c| c.get()) {
-        let l = c.lists.lock().unwrap_or_else(|e| e.into_inner());
+        let l = crate::global_lock::lock(&c.lists);
         st.warm += l.warm.len();
         st.cold += l.cold.len();
     }
@@ -349,7 +349,7 @@ pub fn pool_stats() -> PoolStats {
 /// Gives back the memory of idle stacks beyond the warm bound, for every
 /// size class. Returns how many stacks were trimmed. Not a hot path.
 pub fn trim() -> usize {
-    let _t = TRIM.lock().unwrap_or_else(|e| e.into_inner());
+    let _t = crate::global_lock::lock(&TRIM);
     classes()
         .iter()
         .filter_map(|c| c.get())

@@ -1,9 +1,10 @@
-//! The hot paths allocate nothing and make no system call in steady state:
-//! after a warm-up, a thousand more spawns (joined, detached or supervised),
-//! yields, channel hand-offs, armed and cancelled timers and fired timers
-//! make no allocation and no system call on the scheduler thread that runs
-//! them. Allocations are counted by smarm's allocator hook (which the default
-//! `global-allocator` feature registers); system calls by the kernel's
+//! The hot paths allocate nothing, take no global lock and make no system
+//! call in steady state: after a warm-up, a thousand more spawns (joined,
+//! detached or supervised), yields, channel hand-offs, armed and cancelled
+//! timers and fired timers do none of these on the scheduler thread that
+//! runs them. Allocations are counted by smarm's allocator hook (which the
+//! default `global-allocator` feature registers), global locks by the one
+//! function through which smarm takes them, system calls by the kernel's
 //! syscall user dispatch (see `kernel_entries`).
 //!
 //! One scheduler thread, so every actor of a test runs on the thread whose
@@ -11,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use smarm::__private::thread_allocations;
+use smarm::__private::{thread_allocations, thread_global_locks};
 use smarm::runtime::{self, Config, Runtime};
 
 fn one_thread() -> Runtime {
@@ -22,6 +23,7 @@ fn one_thread() -> Runtime {
 #[derive(Debug)]
 struct Cost {
     allocations: u64,
+    global_locks: u64,
     /// The numbers of the system calls made, in order (the first 64 of
     /// them; None: the kernel cannot count them, and the test says so on
     /// stderr).
@@ -29,9 +31,11 @@ struct Cost {
 }
 
 impl Cost {
-    /// Asserts that `what` allocated nothing and entered the kernel never.
+    /// Asserts that `what` allocated nothing, took no global lock and
+    /// entered the kernel never.
     fn assert_free(&self, what: &str) {
         assert_eq!(self.allocations, 0, "allocations in {what}");
+        assert_eq!(self.global_locks, 0, "global locks taken in {what}");
         match &self.syscalls {
             Some(calls) => assert!(calls.is_empty(), "system calls in {what}: {calls:?}"),
             None => eprintln!(
@@ -50,15 +54,16 @@ fn steady_state(n: usize, mut op: impl FnMut()) -> Cost {
         op();
     }
     let watch = kernel_entries::watch();
-    let before = thread_allocations();
+    let before = (thread_allocations(), thread_global_locks());
     watch.start();
     for _ in 0..n {
         op();
     }
     // Counted before `stop`, which collects the calls into a vector.
-    let allocations = thread_allocations() - before;
+    let allocations = thread_allocations() - before.0;
     Cost {
         allocations,
+        global_locks: thread_global_locks() - before.1,
         syscalls: watch.stop(),
     }
 }
@@ -245,6 +250,17 @@ fn the_hook_counts_allocations() {
         thread_allocations() - before
     });
     assert_eq!(counted, 1);
+}
+
+#[test]
+fn global_locks_are_counted() {
+    let rt = one_thread();
+    // A spawn from a plain thread goes through the injector, a global lock.
+    let before = thread_global_locks();
+    let h = rt.spawn(|| 1);
+    let taken = thread_global_locks() - before;
+    assert_eq!(h.join().expect("child failed"), 1);
+    assert!(taken >= 1, "a spawn from outside took {taken} global locks");
 }
 
 #[test]

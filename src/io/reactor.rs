@@ -332,7 +332,7 @@ impl Reactor {
     pub(crate) fn register(&self, fd: RawFd) -> io::Result<Arc<IoEntry>> {
         let entry = {
             let _np = preempt::disable();
-            let mut slab = lock(&self.slab);
+            let mut slab = crate::global_lock::lock(&self.slab);
             let idx = match slab.free.pop() {
                 Some(i) => i,
                 None => {
@@ -372,7 +372,7 @@ impl Reactor {
         // already removed it from the interest list.
         let _ = epoll::delete(&self.epfd, entry.fd);
         let _np = preempt::disable();
-        let mut slab = lock(&self.slab);
+        let mut slab = crate::global_lock::lock(&self.slab);
         let i = entry.token as u32;
         let slot = &mut slab.slots[i as usize];
         if slot.entry.as_ref().is_some_and(|e| Arc::ptr_eq(e, entry)) {
@@ -385,7 +385,7 @@ impl Reactor {
 
     fn free_slot(&self, token: u64) {
         let _np = preempt::disable();
-        let mut slab = lock(&self.slab);
+        let mut slab = crate::global_lock::lock(&self.slab);
         let i = token as u32;
         let slot = &mut slab.slots[i as usize];
         slot.entry = None;
@@ -488,7 +488,7 @@ impl Reactor {
         }
         let mut woken = false;
         {
-            let slab = lock(&self.slab);
+            let slab = crate::global_lock::lock(&self.slab);
             for ev in &bufs.events[..n] {
                 let token = ev.u64;
                 let events = ev.events;
