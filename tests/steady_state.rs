@@ -2,7 +2,8 @@
 //! call in steady state: after a warm-up, a thousand more spawns (joined,
 //! detached or supervised), yields, channel hand-offs, armed and cancelled
 //! timers and fired timers do none of these on the scheduler thread that
-//! runs them. Allocations are counted by smarm's allocator hook (which the
+//! runs them; allocations through the allocator hook, preempted at its slow
+//! path, make no more than their own allocation. Allocations are counted by smarm's allocator hook (which the
 //! default `global-allocator` feature registers), global locks by the one
 //! function through which smarm takes them, system calls by the kernel's
 //! syscall user dispatch (see `kernel_entries`).
@@ -34,7 +35,13 @@ impl Cost {
     /// Asserts that `what` allocated nothing, took no global lock and
     /// entered the kernel never.
     fn assert_free(&self, what: &str) {
-        assert_eq!(self.allocations, 0, "allocations in {what}");
+        self.assert_free_but(what, 0);
+    }
+
+    /// Asserts that `what` made `allocations` allocations, took no global
+    /// lock and entered the kernel never.
+    fn assert_free_but(&self, what: &str, allocations: u64) {
+        assert_eq!(self.allocations, allocations, "allocations in {what}");
         assert_eq!(self.global_locks, 0, "global locks taken in {what}");
         match &self.syscalls {
             Some(calls) => assert!(calls.is_empty(), "system calls in {what}: {calls:?}"),
@@ -334,6 +341,47 @@ fn channel_hand_offs_are_free() {
     });
     bounded.assert_free("1,000 bounded round trips");
     unbounded.assert_free("1,000 unbounded round trips");
+}
+
+#[test]
+fn the_allocator_hook_and_preemption_are_free() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    // A one-cycle timeslice: every 128th allocation of an actor (the hook's
+    // slow path) finds its slice over and preempts it.
+    let rt = runtime::init(Config::default().threads(1).timeslice_cycles(1));
+    let (cost, preemptions) = rt.block_on(|| {
+        // Runs, and yields back, each time the allocating actor (the only
+        // other one) is preempted: it never yields on its own.
+        let runs = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let other = {
+            let (runs, stop) = (runs.clone(), stop.clone());
+            smarm::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    runs.fetch_add(1, Ordering::Relaxed);
+                    smarm::yield_now();
+                }
+            })
+        };
+        smarm::yield_now(); // let it start
+        let mut before = 0;
+        let mut k = 0u64;
+        let cost = steady_state(100_000, || {
+            if k == 100_000 {
+                before = runs.load(Ordering::Relaxed);
+            }
+            k += 1;
+            drop(std::hint::black_box(Box::new(k)));
+        });
+        let preemptions = runs.load(Ordering::Relaxed) - before;
+        stop.store(true, Ordering::Relaxed);
+        other.join().expect("the other actor failed");
+        (cost, preemptions)
+    });
+    assert!(preemptions > 0, "the allocating actor was never preempted");
+    // One allocation per Box, and nothing else.
+    cost.assert_free_but("100,000 boxes through the hook, preempted", 100_000);
 }
 
 #[test]
