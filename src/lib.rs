@@ -45,6 +45,11 @@ mod unwind;
 /// Without smarm's unwinder every panic goes to the system unwinder.
 #[cfg(not(all(feature = "fast-unwind", not(target_feature = "crt-static"))))]
 mod unwind {
+    /// No unwinder entry sees panics start: only smarm's panic hook marks
+    /// an actor as unwinding, so the runtime also goes by the thread's
+    /// panic state to keep actors on their thread (see
+    /// `scheduler::maybe_unwinding`).
+    pub(crate) const SEES_PANIC_RAISES: bool = false;
     pub(crate) fn init() {}
     pub(crate) fn stats() -> Option<(usize, usize)> {
         None

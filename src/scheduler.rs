@@ -1330,6 +1330,20 @@ pub(crate) fn cell_unwinding(c: &ActorCell) -> bool {
     false
 }
 
+/// True while the running actor `c` may be in the middle of an unwind, for
+/// deciding whether it must stay on its thread: [`cell_unwinding`], which
+/// smarm's panic hook and unwinder entry keep exact. Without the unwinder
+/// entry (the `fast-unwind` feature off, or a static C runtime) only the
+/// hook marks a panicking actor, and an application may replace the hook;
+/// then any panic in flight on this thread counts, which errs on the safe
+/// side (an actor kept on its thread needlessly costs only locality). Kill
+/// delivery keeps to the exact state: delaying a kill for another actor's
+/// unwind could leave it undelivered (LOOM.md, "Unwinding actors").
+#[inline]
+fn maybe_unwinding(c: &ActorCell) -> bool {
+    cell_unwinding(c) || (!crate::unwind::SEES_PANIC_RAISES && std::thread::panicking())
+}
+
 /// Requests that `c` be unwound with `Killed` at its next suspension point.
 pub(crate) fn kill_cell(c: &ActorCell) {
     c.state.fetch_or(KILL, Ordering::AcqRel);
@@ -1385,7 +1399,7 @@ pub(crate) fn park_actor(deadline: Option<Instant>) -> bool {
 /// must resume on this same thread or the count would be wrong on both (see
 /// "Unwinding actors" in LOOM.md).
 fn pin_if_unwinding(c: &ActorCell) {
-    let unwinding = cell_unwinding(c);
+    let unwinding = maybe_unwinding(c);
     if unwinding {
         // SAFETY: in an actor, LOCAL is this worker's live state.
         c.home.set(unsafe { (*local_fast()).index });

@@ -49,6 +49,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 core::arch::global_asm!(include_str!("../asm/unwind_x86_64.s"));
 
+/// Every Rust panic raised in an actor passes through
+/// [`smarm_unwind_raise`], which marks the actor as unwinding: the runtime
+/// can tell which actor of a thread unwinds even when an application's
+/// panic hook has replaced smarm's.
+pub(crate) const SEES_PANIC_RAISES: bool = true;
+
 /// The first word of every [`Context`] of ours. Bits 47..=63 are not all
 /// equal, so it is not a canonical x86-64 address: libgcc's context starts
 /// with a pointer (or null), which can never equal it.
@@ -370,9 +376,13 @@ fn ret(code: u64) -> Ret {
 /// registers of the caller's frame.
 #[no_mangle]
 pub unsafe extern "C" fn smarm_unwind_raise(exc: *mut Exception, regs: &Regs) -> Ret {
-    if !crate::scheduler::in_actor() {
+    let Some(c) = crate::scheduler::current_cell() else {
         return fallback(&REAL_RAISE);
-    }
+    };
+    // The actor unwinds from here on, whichever unwinder walks it: marked
+    // here as well as in smarm's panic hook, which an application may have
+    // replaced (see `SEES_PANIC_RAISES`).
+    c.unwinding.set(true);
     // Phase 1: find the handler, changing nothing.
     let mut rows = Rows::of_this_thread();
     let mut ctx = Context::new(regs);

@@ -116,3 +116,109 @@ fn panic_counts_stay_right_after_mid_unwind_parks_on_two_threads() {
         );
     });
 }
+
+/// The variable that tells a re-executed test binary to play the child.
+const CHILD: &str = "SMARM_UNWIND_PARK_CHILD";
+
+/// An application's panic hook, installed after the runtime started,
+/// replaces smarm's. Actors that panic and then park in a destructor must
+/// still resume on their own thread: std counts panics per OS thread, and
+/// an unwind that ended on another thread would leave one thread's count
+/// raised (every later actor panic there aborts the process) and the
+/// other's wrapped below zero. Run in a child process: the hook is
+/// process-wide, and a broken count aborts.
+#[test]
+fn mid_unwind_parks_stay_put_under_an_application_panic_hook() {
+    if std::env::var_os(CHILD).is_some() {
+        return replaced_hook_child();
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "mid_unwind_parks_stay_put_under_an_application_panic_hook",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .expect("run the child");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.contains("CHILD_DONE"),
+        "child failed ({:?}):\n{stdout}\n{stderr}",
+        out.status
+    );
+}
+
+fn replaced_hook_child() {
+    let rt = runtime::init(Config::default().threads(2));
+    // The application's hook, after smarm's was installed: it reports
+    // only the panics this test does not make on purpose.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info.payload().downcast_ref::<&str>().copied().unwrap_or("");
+        if !["on purpose", "again", "a panic in flight"]
+            .iter()
+            .any(|p| msg.starts_with(p))
+        {
+            eprintln!("unexpected panic: {info}");
+        }
+    }));
+    // A busy actor per round keeps one worker occupied, so that the
+    // injected wake-up of a parked panicker may be taken by either thread.
+    for _ in 0..100 {
+        let (parked_tx, parked_rx) = smarm::channel::<()>();
+        let (gate_tx, gate_rx) = smarm::channel::<()>();
+        let panicker = rt.spawn(move || {
+            let _d = GatedDrop {
+                parked: parked_tx,
+                gate: gate_rx,
+            };
+            panic!("on purpose, with a destructor that parks");
+        });
+        let busy = rt.spawn(|| {
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_micros(200) {
+                smarm::check!();
+            }
+        });
+        parked_rx.recv().expect("the panicker parked mid-unwind");
+        gate_tx.send(()).expect("the panicker waits at its gate");
+        assert!(panicker.join().is_err(), "the panic reaches join");
+        busy.join().expect("busy actor");
+    }
+    // std answers `thread::panicking()` from a process-wide count first and
+    // reads the thread's own count only while some panic is in flight
+    // somewhere: put one in flight on a plain thread (parked in a destructor
+    // of its unwind), then no actor on either scheduler thread may see one.
+    let (in_drop_tx, in_drop_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    struct Blocks(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>);
+    impl Drop for Blocks {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+            let _ = self.1.recv();
+        }
+    }
+    let plain = std::thread::spawn(move || {
+        let _b = Blocks(in_drop_tx, release_rx);
+        panic!("a panic in flight on a plain thread");
+    });
+    in_drop_rx.recv().expect("the plain thread is mid-unwind");
+    let wrong = (0..200)
+        .map(|_| rt.spawn(std::thread::panicking))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .filter(|_| true)
+        .map(|h| h.join().expect("a fresh actor"))
+        .filter(|&p| p)
+        .count();
+    release_tx.send(()).expect("the plain thread waits");
+    assert!(plain.join().is_err());
+    assert_eq!(
+        wrong, 0,
+        "fresh actors see a stale panic count of their thread"
+    );
+    println!("CHILD_DONE");
+}
