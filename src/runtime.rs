@@ -236,7 +236,9 @@ impl std::error::Error for ConfigError {}
 /// A running smarm runtime. Dropping it shuts it down: no new actors start,
 /// every suspended actor is unwound with [`crate::Killed`] (its destructors
 /// run), and the scheduler threads are joined. An actor that never reaches
-/// a suspension point is reported on stderr by pid and abandoned.
+/// a suspension point is reported on stderr by pid and abandoned. Dropped
+/// in one of its own actors, it starts the shutdown and returns; the
+/// threads are joined by a thread of its own.
 pub struct Runtime {
     shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -318,15 +320,42 @@ impl Runtime {
 }
 
 impl Drop for Runtime {
+    /// Shuts the runtime down (see the type's documentation). Dropped on one
+    /// of its own scheduler threads (in one of its actors, say, holding the
+    /// last `Arc<Runtime>`), it cannot wait there for its threads, one of
+    /// which is the waiting one: the shutdown then goes on in a thread of
+    /// its own, and the drop returns at once; the actor that dropped it is
+    /// unwound with `Killed` at its next suspension point, like every other.
     fn drop(&mut self) {
         let threads = std::mem::take(&mut self.threads);
-        let stuck = scheduler::shutdown(&self.shared, threads, SHUTDOWN_GRACE);
-        if !stuck.is_empty() {
-            let pids: Vec<String> = stuck.iter().map(|p| p.to_string()).collect();
-            eprintln!(
-                "smarm: runtime shutdown: actor(s) {} never reached a suspension point; their scheduler threads were abandoned",
-                pids.join(", ")
-            );
+        let shared = self.shared.clone();
+        if scheduler::on_thread_of(&shared) {
+            let helper = std::thread::Builder::new()
+                .name("smarm-shutdown".into())
+                .spawn(move || {
+                    report_stuck(&scheduler::shutdown(&shared, threads, SHUTDOWN_GRACE));
+                });
+            if let Err(e) = helper {
+                // The scheduler threads' handles went with the closure:
+                // they are detached, and leave once their actors are gone.
+                scheduler::begin_shutdown(&self.shared);
+                eprintln!(
+                    "smarm: runtime shutdown: no thread to wait for the scheduler threads ({e}); they were detached"
+                );
+            }
+            return;
         }
+        report_stuck(&scheduler::shutdown(&shared, threads, SHUTDOWN_GRACE));
+    }
+}
+
+/// Reports the actors a shutdown abandoned (see [`SHUTDOWN_GRACE`]).
+fn report_stuck(stuck: &[crate::Pid]) {
+    if !stuck.is_empty() {
+        let pids: Vec<String> = stuck.iter().map(|p| p.to_string()).collect();
+        eprintln!(
+            "smarm: runtime shutdown: actor(s) {} never reached a suspension point; their scheduler threads were abandoned",
+            pids.join(", ")
+        );
     }
 }

@@ -393,6 +393,14 @@ pub(crate) fn local() -> *mut Local {
     LOCAL.with(|l| l.get())
 }
 
+/// True on a scheduler thread of the runtime `sh` (in one of its actors or
+/// in its scheduler context).
+pub(crate) fn on_thread_of(sh: &Arc<Shared>) -> bool {
+    let l = local();
+    // SAFETY: a non-null LOCAL is this thread's live worker state.
+    !l.is_null() && ptr::eq(unsafe { (*l).shared }, Arc::as_ptr(sh))
+}
+
 /// Same as [`local`]: every read of the worker thread-local goes through a
 /// call that the compiler cannot merge with one made before a switch.
 #[inline(always)]
@@ -1557,14 +1565,9 @@ pub(crate) fn sched_stack_top() -> Option<*mut u8> {
 // Shutdown
 // ---------------------------------------------------------------------------
 
-/// Kills every actor of `sh` and waits for the workers to leave. Returns the
-/// pids of actors that never reached a suspension point (their threads are
-/// abandoned).
-pub(crate) fn shutdown(
-    sh: &Arc<Shared>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-    grace: Duration,
-) -> Vec<crate::Pid> {
+/// The first half of [`shutdown`]: no new actor starts, every live one is
+/// killed, every worker is woken to unwind them and then leave.
+pub(crate) fn begin_shutdown(sh: &Arc<Shared>) {
     sh.shutdown.store(true, Ordering::SeqCst);
     let me = Arc::as_ptr(sh);
     cell::for_each_live(|c| {
@@ -1573,6 +1576,18 @@ pub(crate) fn shutdown(
         }
     });
     sh.wake_all();
+}
+
+/// Kills every actor of `sh` and waits for the workers to leave. Returns the
+/// pids of actors that never reached a suspension point (their threads are
+/// abandoned).
+pub(crate) fn shutdown(
+    sh: &Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    grace: Duration,
+) -> Vec<crate::Pid> {
+    begin_shutdown(sh);
+    let me = Arc::as_ptr(sh);
     let n = threads.len();
     let mut last_live = u64::MAX;
     let mut last_progress = Instant::now();

@@ -798,6 +798,69 @@ fn shutdown_drops_closures_that_never_started() {
 }
 
 #[test]
+fn dropping_a_runtime_in_its_own_actor_shuts_it_down_without_waiting_there() {
+    // In a child: stderr must show no abandoned threads.
+    if !is_child("child_drop_in_own_actor") {
+        let out = run_child("child_drop_in_own_actor", &[]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains("DROPPED_INSIDE_OK"), "{stdout}\n{stderr}");
+        assert!(
+            !stderr.contains("never reached a suspension point"),
+            "the shutdown waited on its own thread and abandoned it:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn child_drop_in_own_actor() {
+    if !is_child("child_drop_in_own_actor") {
+        return;
+    }
+    for threads in [1, 2] {
+        let rt = Arc::new(rt(threads));
+        let (unwound_tx, unwound_rx) = std::sync::mpsc::channel::<()>();
+        struct Unwound(std::sync::mpsc::Sender<()>);
+        impl Drop for Unwound {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        // Blocked for ever: the shutdown must unwind it.
+        let blocked = rt.spawn(move || {
+            let _u = Unwound(unwound_tx);
+            loop {
+                smarm::sleep(Duration::from_secs(3600));
+            }
+        });
+        // Holds the last reference and drops it: the shutdown starts and
+        // the drop returns; this actor is killed at its next suspension.
+        let (go_tx, go_rx) = smarm::channel::<()>();
+        let (dropped_tx, dropped_rx) = std::sync::mpsc::channel::<()>();
+        let last = rt.clone();
+        let dropper = rt.spawn(move || {
+            go_rx.recv().expect("go");
+            drop(last);
+            dropped_tx.send(()).expect("main waits");
+            smarm::sleep(Duration::from_secs(3600));
+        });
+        drop(rt);
+        go_tx.send(()).expect("the dropper waits");
+        let hang_guard = Duration::from_secs(60);
+        dropped_rx
+            .recv_timeout(hang_guard)
+            .expect("the drop returned");
+        unwound_rx
+            .recv_timeout(hang_guard)
+            .expect("the blocked actor was unwound");
+        let e = dropper.join().expect_err("the dropper was killed");
+        assert!(e.downcast_ref::<Killed>().is_some(), "killed, not panicked");
+        assert!(blocked.join().expect_err("killed").is::<Killed>());
+    }
+    println!("DROPPED_INSIDE_OK");
+}
+
+#[test]
 fn shutdown_of_an_idle_runtime_and_detached_results() {
     let rt = rt(2);
     let drops = Arc::new(AtomicUsize::new(0));
