@@ -4,12 +4,26 @@ use std::time::{Duration, Instant};
 
 use crate::park;
 
-/// Suspends the running actor for at least `d` (its thread runs others).
-/// On a plain thread, `std::thread::sleep`.
+/// The deadline `d` from now; None when it is too far to represent (as
+/// `Duration::MAX`), which every timed wait of smarm takes to mean "no
+/// deadline", as std's `thread::sleep` and timeouts do.
+pub(crate) fn deadline_after(d: Duration) -> Option<Instant> {
+    Instant::now().checked_add(d)
+}
+
+/// Suspends the running actor for at least `d` (its thread runs others;
+/// a `d` too large for a deadline, as `Duration::MAX`, never ends). On a
+/// plain thread, `std::thread::sleep`.
 pub fn sleep(d: Duration) {
     if crate::scheduler::in_actor() {
         let now = Instant::now();
-        wait_until(now + d, now);
+        match now.checked_add(d) {
+            Some(deadline) => wait_until(deadline, now),
+            // Unparks come only from the timers or a kill: park again.
+            None => loop {
+                park::park();
+            },
+        }
     } else {
         std::thread::sleep(d);
     }

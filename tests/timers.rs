@@ -161,6 +161,64 @@ fn kill_while_sleeping() {
     assert_eq!(drops.load(Ordering::SeqCst), 100);
 }
 
+/// Timeouts too large for a deadline (`Duration::MAX`) mean "no deadline",
+/// as in std: a sleep that never ends (until killed), timed receives and
+/// `select!` that wait for their message, a socket read that waits for its
+/// data. None may panic on the overflow of `Instant + Duration`.
+#[test]
+fn unrepresentable_timeouts_wait_for_ever() {
+    use std::io::{Read, Write};
+    let rt = rt(2);
+    rt.block_on(|| {
+        let sleeper = smarm::spawn(|| smarm::sleep(Duration::MAX));
+        let far = Duration::from_secs(u64::MAX / 2);
+        let (tx, rx) = smarm::channel::<u32>();
+        let receiver = smarm::spawn(move || rx.recv_timeout(Duration::MAX));
+        let (tx2, rx2) = smarm::channel::<u32>();
+        let selector = smarm::spawn(move || {
+            smarm::select! {
+                recv(rx2) -> m => m.ok(),
+                default(far) => None,
+            }
+        });
+        let (otx, orx) = smarm::oneshot::channel::<u32>();
+        let oneshot = smarm::spawn(move || orx.recv_timeout(Duration::MAX).ok());
+        let listener = smarm::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let reader = smarm::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            s.set_read_timeout(Some(Duration::MAX)).expect("timeout");
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).map(|()| b[0])
+        });
+        // Everyone is parked now or soon; none of them can have ended.
+        smarm::sleep(Duration::from_millis(20));
+        for (name, done) in [
+            ("sleep", sleeper.is_finished()),
+            ("recv_timeout", receiver.is_finished()),
+            ("select!", selector.is_finished()),
+            ("oneshot recv_timeout", oneshot.is_finished()),
+            ("socket read", reader.is_finished()),
+        ] {
+            assert!(
+                !done,
+                "{name} with an unrepresentable timeout ended on its own"
+            );
+        }
+        tx.send(1).expect("receiver waits");
+        tx2.send(2).expect("selector waits");
+        otx.send(3).expect("oneshot waits");
+        let mut c = smarm::net::TcpStream::connect(addr).expect("connect");
+        c.write_all(&[4]).expect("write");
+        assert_eq!(receiver.join().expect("receiver"), Ok(1));
+        assert_eq!(selector.join().expect("selector"), Some(2));
+        assert_eq!(oneshot.join().expect("oneshot"), Some(3));
+        assert_eq!(reader.join().expect("reader").expect("read"), 4);
+        smarm::kill(sleeper.pid());
+        assert!(sleeper.join().unwrap_err().is::<Killed>());
+    });
+}
+
 #[test]
 fn recv_timeout_times_out_and_delivers() {
     let rt = rt(2);

@@ -39,6 +39,8 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::time::deadline_after;
+
 pub use error::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
@@ -172,11 +174,6 @@ fn make<T>(flavor: Flavor<T>) -> (Sender<T>, Receiver<T>) {
             shared: Handle(shared),
         },
     )
-}
-
-fn deadline_after(d: Duration) -> Option<Instant> {
-    // A timeout too large to represent means "no deadline".
-    Instant::now().checked_add(d)
 }
 
 /// The sending half of a channel. Clone it for more producers.

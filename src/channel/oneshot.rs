@@ -182,8 +182,7 @@ impl<T> Receiver<T> {
     /// [`RecvTimeoutError::Disconnected`] when the sender was dropped
     /// without sending.
     pub fn recv_timeout(mut self, d: Duration) -> Result<T, RecvTimeoutError> {
-        let deadline = Instant::now().checked_add(d);
-        self.wait(deadline)
+        self.wait(crate::time::deadline_after(d))
     }
 
     fn wait(&mut self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {

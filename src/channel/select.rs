@@ -123,10 +123,7 @@ impl __Selector {
         let (deadline, now) = match t {
             __Timeout::Never => (None, false),
             __Timeout::Now => (None, true),
-            __Timeout::After(d) => match Instant::now().checked_add(d) {
-                Some(x) => (Some(x), false),
-                None => (None, false),
-            },
+            __Timeout::After(d) => (crate::time::deadline_after(d), false),
         };
         __Selector {
             deadline,

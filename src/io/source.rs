@@ -94,7 +94,8 @@ impl Source {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     r => return r,
                 }
-                let dl = *deadline.get_or_insert_with(|| timeout.map(|t| Instant::now() + t));
+                let dl =
+                    *deadline.get_or_insert_with(|| timeout.and_then(crate::time::deadline_after));
                 let remaining = match dl {
                     Some(d) => {
                         let now = Instant::now();
@@ -127,7 +128,7 @@ impl Source {
                     r => return r,
                 }
             }
-            let dl = *deadline.get_or_insert_with(|| timeout.map(|t| Instant::now() + t));
+            let dl = *deadline.get_or_insert_with(|| timeout.and_then(crate::time::deadline_after));
             if dl.is_some_and(|d| Instant::now() >= d) {
                 return Err(io_timeout());
             }
