@@ -24,7 +24,7 @@ fn resources() -> (usize, usize, usize) {
 
 /// One runtime's life: actors that sleep, talk over channels, panic, and
 /// serve a TCP echo to a client actor; then the runtime is dropped with
-/// actors still blocked in it.
+/// actors still blocked in it (on a channel, in `accept`, in a `read`).
 fn one_life(threads: usize) {
     let rt = runtime::init(Config::default().threads(threads));
     let (echoed, keep_tx) = rt.block_on(|| {
@@ -52,6 +52,21 @@ fn one_life(threads: usize) {
         let sum: u64 = (0..100).map(|_| rx.recv().expect("a sender")).sum();
         assert_eq!(sum, 4950);
         assert!(smarm::spawn(|| panic!("on purpose")).join().is_err());
+        // Left blocked in IO for the shutdown to unwind: an accept that no
+        // client comes to, and a read of a connection that never writes.
+        let idle = smarm::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        smarm::spawn(move || {
+            let _ = idle.accept();
+        });
+        let quiet_server = smarm::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let quiet_addr = quiet_server.local_addr().expect("local addr");
+        let quiet = smarm::net::TcpStream::connect(quiet_addr).expect("connect");
+        let (held, _) = quiet_server.accept().expect("accept");
+        smarm::spawn(move || {
+            let mut b = [0u8; 1];
+            let _ = (&quiet).read(&mut b);
+            drop(held);
+        });
         // Left blocked for the shutdown to unwind (their channel's sender
         // outlives the runtime).
         let (keep_tx, keep_rx) = smarm::channel::<()>();
