@@ -50,7 +50,7 @@
 //! time, in reverse start order, so a child may rely on the children started
 //! before it (its dependencies) outliving it.
 //!
-//! A supervisor that is killed unwinds with [`Killed`](crate::Killed) out
+//! A supervisor that is killed unwinds with [`Killed`] out
 //! of its loop. [`Supervisor::run`] catches that unwind, stops every child
 //! (its own waits do not unwind again: a kill is delivered once), and then
 //! resumes the unwind, so the supervisor still ends with `Killed` and no

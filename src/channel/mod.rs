@@ -9,7 +9,7 @@
 //! | [`bounded`]`(n)`, `n > 0` | Vyukov's bounded ring | `array.rs` |
 //! | [`bounded`]`(0)` | rendezvous with waiter hand-off | `zero.rs` |
 //!
-//! Blocking uses [`crate::park`] only, through the waiter lists of
+//! Blocking uses `crate::park` only, through the waiter lists of
 //! `waiters.rs`. [`oneshot`] is a separate single-use channel, and
 //! [`select!`](crate::select) waits on several receivers at once.
 //!
