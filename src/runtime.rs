@@ -328,8 +328,8 @@ impl Drop for Runtime {
     /// unwound with `Killed` at its next suspension point, like every other.
     fn drop(&mut self) {
         let threads = std::mem::take(&mut self.threads);
-        let shared = self.shared.clone();
-        if scheduler::on_thread_of(&shared) {
+        if scheduler::on_thread_of(&self.shared) {
+            let shared = self.shared.clone();
             let helper = std::thread::Builder::new()
                 .name("smarm-shutdown".into())
                 .spawn(move || {
@@ -345,7 +345,7 @@ impl Drop for Runtime {
             }
             return;
         }
-        report_stuck(&scheduler::shutdown(&shared, threads, SHUTDOWN_GRACE));
+        report_stuck(&scheduler::shutdown(&self.shared, threads, SHUTDOWN_GRACE));
     }
 }
 

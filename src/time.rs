@@ -19,7 +19,8 @@ pub fn sleep(d: Duration) {
         let now = Instant::now();
         match now.checked_add(d) {
             Some(deadline) => wait_until(deadline, now),
-            // Unparks come only from the timers or a kill: park again.
+            // No deadline: a stray unpark parks again; a kill unwinds the
+            // actor inside `park`.
             None => loop {
                 park::park();
             },

@@ -18,8 +18,8 @@ use proptest::prelude::*;
 use smarm::runtime::{self, Config};
 use smarm::{Pid, Receiver, Sender};
 
-/// Counts live tokens: +1 on creation, -1 on drop; also counts drops, so a
-/// double drop shows even where a creation hides it.
+/// Counts the tokens created and the tokens dropped: equal once everything
+/// is gone (a lost drop or a double drop makes them differ).
 #[derive(Default)]
 struct Ledger {
     created: AtomicU64,

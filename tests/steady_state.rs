@@ -206,21 +206,21 @@ mod kernel_entries {
         let one = LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let tramp = trampoline();
         SELECTOR.store(ALLOW, Ordering::SeqCst);
+        // Without the trampoline's address the handler could not return:
+        // no dispatch then.
         // SAFETY: the selector is a static byte, valid for the thread's
         // life; the allowed range is the trampoline's code.
-        let r = unsafe {
-            libc::prctl(
-                PR_SET_SYSCALL_USER_DISPATCH,
-                PR_SYS_DISPATCH_ON,
-                tramp as libc::c_ulong,
-                TRAMPOLINE_LEN,
-                SELECTOR.as_ptr() as libc::c_ulong,
-            )
-        };
-        Watch {
-            _one: one,
-            on: tramp != 0 && r == 0,
-        }
+        let on = tramp != 0
+            && unsafe {
+                libc::prctl(
+                    PR_SET_SYSCALL_USER_DISPATCH,
+                    PR_SYS_DISPATCH_ON,
+                    tramp as libc::c_ulong,
+                    TRAMPOLINE_LEN,
+                    SELECTOR.as_ptr() as libc::c_ulong,
+                )
+            } == 0;
+        Watch { _one: one, on }
     }
 
     impl Watch {
