@@ -419,16 +419,25 @@ struct WaitPlan {
 /// multi_thread_scaling t2 went 0.3% faster, in alternating runs of one
 /// binary.)
 ///
+/// On a single CPU (`one_cpu`) it never spins: the actor cannot progress
+/// while this thread holds the CPU.
+///
 /// Everywhere else (outside `block_on`, a short previous wait on a runtime
 /// that uses every core, the first `block_on` of a thread) it spins the
 /// base `JOIN_SPIN_CYCLES` and parks. `spare_core` is None outside `block_on`
 /// (`scheduler::block_on_spare_core`).
-fn wait_plan(spare_core: Option<bool>, last: Option<Wait>, woke_worker: bool) -> WaitPlan {
+fn wait_plan(
+    one_cpu: bool,
+    spare_core: Option<bool>,
+    last: Option<Wait>,
+    woke_worker: bool,
+) -> WaitPlan {
     let base = WaitPlan {
         nap: None,
         spin: JOIN_SPIN_CYCLES,
     };
     match (spare_core, last) {
+        _ if one_cpu => WaitPlan { nap: None, spin: 0 },
         (Some(false), _) if woke_worker => WaitPlan { nap: None, spin: 0 },
         (Some(false), Some(last)) if last.cycles > JOIN_SPIN_MAX_CYCLES => {
             WaitPlan { nap: None, spin: 0 }
@@ -525,6 +534,7 @@ impl<T> JoinHandle<T> {
             // often finishes within microseconds, and waking a parked thread
             // costs far more than that on virtual machines.
             let plan = wait_plan(
+                scheduler::cpus() == 1,
                 spare_core,
                 LAST_BLOCK_ON_WAIT.with(|l| l.get()),
                 woke_worker,
@@ -673,21 +683,30 @@ mod tests {
         };
         let spin = |spin| WaitPlan { nap: None, spin };
         // Outside block_on, or on a runtime using every core: the base spin.
-        assert_eq!(wait_plan(None, short(1_000), false), spin(JOIN_SPIN_CYCLES));
         assert_eq!(
-            wait_plan(Some(false), short(1_000), false),
+            wait_plan(false, None, short(1_000), false),
+            spin(JOIN_SPIN_CYCLES)
+        );
+        assert_eq!(
+            wait_plan(false, Some(false), short(1_000), false),
             spin(JOIN_SPIN_CYCLES)
         );
         // The first block_on of a thread knows no previous wait.
-        assert_eq!(wait_plan(Some(true), None, false), spin(JOIN_SPIN_CYCLES));
-        // Short previous waits: twice the last one, never below the base.
         assert_eq!(
-            wait_plan(Some(true), short(10_000), false),
+            wait_plan(false, Some(true), None, false),
             spin(JOIN_SPIN_CYCLES)
         );
-        assert_eq!(wait_plan(Some(true), short(300_000), false), spin(600_000));
+        // Short previous waits: twice the last one, never below the base.
         assert_eq!(
-            wait_plan(Some(true), short(JOIN_SPIN_MAX_CYCLES), false),
+            wait_plan(false, Some(true), short(10_000), false),
+            spin(JOIN_SPIN_CYCLES)
+        );
+        assert_eq!(
+            wait_plan(false, Some(true), short(300_000), false),
+            spin(600_000)
+        );
+        assert_eq!(
+            wait_plan(false, Some(true), short(JOIN_SPIN_MAX_CYCLES), false),
             spin(JOIN_SPIN_MAX_CYCLES)
         );
         // A long previous wait: a nap until shortly before its length, then
@@ -697,26 +716,34 @@ mod tests {
             time: Duration::from_millis(12),
         };
         assert_eq!(
-            wait_plan(Some(true), Some(long), false),
+            wait_plan(false, Some(true), Some(long), false),
             WaitPlan {
                 nap: Some(Duration::from_millis(12) - NAP_LEAD),
                 spin: JOIN_SPIN_MAX_CYCLES
             }
         );
         // A long one on a runtime using every core: no spin.
-        assert_eq!(wait_plan(Some(false), Some(long), false), spin(0));
+        assert_eq!(wait_plan(false, Some(false), Some(long), false), spin(0));
         // A short one there: the base.
         assert_eq!(
-            wait_plan(Some(false), short(JOIN_SPIN_MAX_CYCLES), false),
+            wait_plan(false, Some(false), short(JOIN_SPIN_MAX_CYCLES), false),
             spin(JOIN_SPIN_CYCLES)
         );
         // A spawn that woke a worker: no spin on a runtime using every core,
         // the plan unchanged where a core is spare.
-        assert_eq!(wait_plan(Some(false), short(1_000), true), spin(0));
-        assert_eq!(wait_plan(Some(false), Some(long), true), spin(0));
+        assert_eq!(wait_plan(false, Some(false), short(1_000), true), spin(0));
+        assert_eq!(wait_plan(false, Some(false), Some(long), true), spin(0));
         assert_eq!(
-            wait_plan(Some(true), short(10_000), true),
+            wait_plan(false, Some(true), short(10_000), true),
             spin(JOIN_SPIN_CYCLES)
         );
+        // One CPU: never a spin, whatever else holds.
+        for spare in [None, Some(false), Some(true)] {
+            for last in [None, short(1_000), Some(long)] {
+                for woke in [false, true] {
+                    assert_eq!(wait_plan(true, spare, last, woke), spin(0));
+                }
+            }
+        }
     }
 }
