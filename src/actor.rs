@@ -359,7 +359,12 @@ pub(crate) fn report_exit(c: &ActorCell) {
         }
         _ => Signal::Exit(pid),
     };
-    let _ = sup.send(sig);
+    // At the end of the actor (below its catch_unwind) or in a scheduler
+    // context: a signal that cannot be delivered is dropped here, and so is
+    // the channel if this was its last handle.
+    crate::panic::contain(pid, "sending the exit signal", move || {
+        let _ = sup.send(sig);
+    });
 }
 
 // ---------------------------------------------------------------------------

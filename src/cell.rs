@@ -45,6 +45,7 @@ use std::sync::Mutex;
 
 use crate::actor::{Pid, Signal};
 use crate::channel::Sender;
+use crate::panic::contain;
 use crate::park::Unparker;
 use crate::stack::Stack;
 
@@ -243,17 +244,32 @@ unsafe fn recycle(cell: &ActorCell) {
         DONE | FREE
     ));
     let vt = cell.vtable.get();
-    // SAFETY: we are the only user of the cell (no reference remains).
+    let pid = cell.pid();
+    // Whatever the application owns is dropped under `contain`: the last
+    // reference may go in a scheduler context or during a shutdown.
+    match cell.outcome.get() {
+        OUT_NONE => contain(pid, "dropping the closure", || {
+            // SAFETY: no reference to the cell remains, and OUT_NONE says
+            // the payload holds the closure that never ran.
+            unsafe { (vt.drop_closure)(cell) }
+        }),
+        OUT_VALUE => contain(pid, "dropping the result", || {
+            // SAFETY: no reference remains, and OUT_VALUE says the payload
+            // holds the untaken result.
+            unsafe { (vt.drop_result)(cell) }
+        }),
+        _ => {}
+    }
+    // SAFETY: as above, the cell is ours alone.
     unsafe {
-        match cell.outcome.get() {
-            OUT_NONE => (vt.drop_closure)(cell),
-            OUT_VALUE => (vt.drop_result)(cell),
-            _ => {}
+        if let Some(p) = (*cell.panic.get()).take() {
+            contain(pid, "dropping the panic payload", move || drop(p));
         }
-        *cell.panic.get() = None;
+        if let Some(sup) = (*cell.supervisor.get()).take() {
+            contain(pid, "dropping the supervisor's sender", move || drop(sup));
+        }
         *cell.joiner.get() = None;
         *cell.name.get() = None;
-        *cell.supervisor.get() = None;
         debug_assert!((*cell.stack.get()).is_none());
     }
     cell.outcome.set(OUT_NONE);

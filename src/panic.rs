@@ -14,9 +14,19 @@
 //! Preemption is disabled while the hook runs. An application that installs
 //! its own hook after starting a runtime replaces the wrapper: its hook then
 //! runs on the actor's stack.
+//!
+//! The runtime itself drops values that belong to the application: the
+//! result or panic payload of an actor nobody joins, the closure of an actor
+//! killed before it ran, the supervisor signal of a supervisor that is gone.
+//! It does so where no panic may escape (a scheduler context, the end of an
+//! actor below its `catch_unwind`, a runtime's shutdown), so a destructor
+//! that panics there is contained by [`contain`].
 
-use std::panic::PanicHookInfo;
+use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe, PanicHookInfo};
 use std::sync::Once;
+
+use crate::actor::Pid;
 
 type Hook = Box<dyn Fn(&PanicHookInfo<'_>) + Sync + Send + 'static>;
 
@@ -66,11 +76,8 @@ fn hook(prev: &'static Hook, info: &PanicHookInfo<'_>) {
         ),
         None => format!("smarm: actor {} panicked (on thread '{tname}'):\n", c.pid()),
     };
-    {
-        use std::io::Write;
-        // One write, so the line is never split by another thread's output.
-        let _ = std::io::stderr().write_all(line.as_bytes());
-    }
+    // One write, so the line is never split by another thread's output.
+    let _ = std::io::stderr().write_all(line.as_bytes());
     match crate::scheduler::sched_stack_top() {
         Some(sp) => {
             let top = ((sp as usize - GAP) & !15) as *mut u8;
@@ -84,5 +91,26 @@ fn hook(prev: &'static Hook, info: &PanicHookInfo<'_>) {
             };
         }
         None => prev(info),
+    }
+}
+
+/// Runs `work`, in which the runtime drops (or hands on) something the
+/// application owns on behalf of actor `pid`, where no panic may escape.
+/// A panic out of it (a destructor that panics) has been reported by the
+/// panic hook like any other; here it is caught, a line says what the
+/// runtime was doing for which actor, and the panic's own payload is dropped
+/// the same way (and leaked, should its destructor panic as well). The
+/// runtime carries on: the value is gone either way, as in tokio, where std
+/// would abort the process.
+pub(crate) fn contain(pid: Pid, what: &str, work: impl FnOnce()) {
+    let Err(payload) = catch_unwind(AssertUnwindSafe(work)) else {
+        return;
+    };
+    let line = format!(
+        "smarm: a panic while {what} of actor {pid} was contained; the runtime carries on\n"
+    );
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        std::mem::forget(again);
     }
 }

@@ -781,11 +781,12 @@ fn prepare(l: &mut Local, t: Task) -> Option<*mut u8> {
 /// is `payload` (a panic).
 fn finish_unstarted(l: &mut Local, c: &'static ActorCell, payload: Box<dyn std::any::Any + Send>) {
     let vt = c.vtable.get();
-    // SAFETY: the actor never ran; we own its payload.
-    unsafe {
-        (vt.drop_closure)(c);
-        *c.panic.get() = Some(payload);
-    }
+    crate::panic::contain(c.pid(), "dropping the closure", || {
+        // SAFETY: the actor never ran; we own its payload (the closure).
+        unsafe { (vt.drop_closure)(c) }
+    });
+    // SAFETY: the actor never ran, so nothing else touches its outcome.
+    unsafe { *c.panic.get() = Some(payload) };
     c.outcome.set(cell::OUT_PANIC);
     crate::actor::report_exit(c);
     finalize(l, c);

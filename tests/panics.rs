@@ -6,7 +6,7 @@
 //! runs in a child process: this test binary re-executed with a filter.
 
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use smarm::runtime::{self, Config, Runtime};
@@ -538,4 +538,112 @@ fn backtraces_end_cleanly_at_the_actor_entry() {
             "{tag}: no unresolved frames: {line}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// Destructors that panic when the runtime drops an application's values
+// ---------------------------------------------------------------------------
+
+/// Counts its drops; its destructor panics (unless already unwinding).
+struct Bomb(&'static AtomicUsize);
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        if !std::thread::panicking() {
+            panic!("a destructor that panics");
+        }
+    }
+}
+
+/// Waits (without a deadline) until `n` bombs have been dropped.
+fn wait_for_drops(count: &AtomicUsize, n: usize) {
+    while count.load(Ordering::SeqCst) < n {
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn child_panicking_destructors_in_the_runtime() {
+    if !is_child("child_panicking_destructors_in_the_runtime") {
+        return;
+    }
+    static DROPS: AtomicUsize = AtomicUsize::new(0);
+    // One worker: had a panic killed it, everything after would hang.
+    let rt = rt(1);
+    // The result of an actor nobody joins, dropped when the actor ends.
+    drop(rt.spawn(|| Bomb(&DROPS)));
+    wait_for_drops(&DROPS, 1);
+    assert_eq!(rt.block_on(|| 1), 1);
+    // The panic payload of an actor nobody joins.
+    drop(rt.spawn(|| std::panic::panic_any(Bomb(&DROPS))));
+    wait_for_drops(&DROPS, 2);
+    assert_eq!(rt.block_on(|| 2), 2);
+    // A child's result dropped while its parent runs: the parent is not
+    // hurt, nor left unwinding.
+    let v = rt.block_on(|| {
+        drop(smarm::spawn(|| Bomb(&DROPS)));
+        while DROPS.load(Ordering::SeqCst) < 3 {
+            smarm::yield_now();
+        }
+        assert!(!std::thread::panicking());
+        3
+    });
+    assert_eq!(v, 3);
+    // A panic signal for a supervisor that is gone, dropped at the end of
+    // the actor; its joiner still gets the panic.
+    let joined = rt.block_on(|| {
+        let (tx, rx) = smarm::channel::<smarm::Signal>();
+        drop(rx);
+        smarm::spawn_under(tx, || std::panic::panic_any(Bomb(&DROPS))).join()
+    });
+    assert!(joined.is_err());
+    wait_for_drops(&DROPS, 4);
+    // The closure of an actor killed before it ran, dropped by the worker.
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    static RELEASE: AtomicBool = AtomicBool::new(false);
+    let spinner = rt.spawn(|| {
+        STARTED.store(true, Ordering::SeqCst);
+        // No allocation and no check!(): the worker stays here.
+        while !RELEASE.load(Ordering::SeqCst) {
+            std::hint::spin_loop();
+        }
+    });
+    while !STARTED.load(Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    let bomb = Bomb(&DROPS);
+    let h = rt.spawn(move || drop(bomb));
+    smarm::kill(h.pid());
+    RELEASE.store(true, Ordering::SeqCst);
+    let e = h.join().expect_err("killed before it ran");
+    assert!(e.is::<smarm::Killed>());
+    spinner.join().expect("the spinner");
+    assert_eq!(DROPS.load(Ordering::SeqCst), 5);
+    assert_eq!(rt.block_on(|| 5), 5);
+    drop(rt);
+    assert_eq!(DROPS.load(Ordering::SeqCst), 5);
+}
+
+#[test]
+fn panicking_destructors_in_the_runtime_are_contained() {
+    let out = run_child("child_panicking_destructors_in_the_runtime", &[]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "child failed: {err}");
+    for what in [
+        "dropping the result",
+        "dropping the panic payload",
+        "sending the exit signal",
+        "dropping the closure",
+    ] {
+        assert!(
+            err.contains(&format!("smarm: a panic while {what} of actor")),
+            "no report of {what}: {err}"
+        );
+    }
+    assert_eq!(
+        err.matches("was contained; the runtime carries on").count(),
+        5,
+        "{err}"
+    );
 }
