@@ -406,3 +406,59 @@ fn handles_are_send_and_sync() {
     check::<smarm::oneshot::Sender<u8>>();
     check::<smarm::oneshot::Receiver<u8>>();
 }
+
+/// A message that counts its drops; the one marked `bomb` panics in its
+/// destructor.
+struct Bomb {
+    drops: Arc<AtomicUsize>,
+    bomb: bool,
+}
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        self.drops.fetch_add(1, Ordering::SeqCst);
+        if self.bomb && !thread::panicking() {
+            panic!("a message destructor that panics");
+        }
+    }
+}
+
+#[test]
+fn a_panicking_message_destructor_does_not_leak_the_others() {
+    // Unbounded over several blocks (the panic in the middle of one),
+    // bounded wrapped around its ring.
+    for (cap, n, bomb_at) in [(None, 200, 100), (Some(64), 64, 10), (Some(8), 8, 7)] {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = match cap {
+            None => smarm::channel(),
+            Some(c) => smarm::bounded(c),
+        };
+        if cap == Some(8) {
+            // Move the ring's head off position 0 first.
+            for _ in 0..5 {
+                tx.send(Bomb {
+                    drops: drops.clone(),
+                    bomb: false,
+                })
+                .unwrap();
+                drop(rx.recv().unwrap());
+            }
+        }
+        let before = drops.load(Ordering::SeqCst);
+        for i in 0..n {
+            tx.send(Bomb {
+                drops: drops.clone(),
+                bomb: i == bomb_at,
+            })
+            .unwrap();
+        }
+        drop(tx);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(rx)));
+        assert!(r.is_err(), "the bomb's panic reaches the dropper");
+        assert_eq!(
+            drops.load(Ordering::SeqCst) - before,
+            n,
+            "cap {cap:?}: every message dropped once"
+        );
+    }
+}

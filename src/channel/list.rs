@@ -534,31 +534,75 @@ impl<T> Channel<T> {
 
 impl<T> Drop for Channel<T> {
     fn drop(&mut self) {
-        let mut head = *self.head.index.get_mut();
-        let tail = *self.tail.index.get_mut();
-        let mut block = *self.head.block.get_mut();
         // SAFETY: no handle remains, so no operation is in flight; every
         // slot in head..tail is written and unread, and the blocks from
-        // `head_block` on are owned by the channel.
-        unsafe {
-            while head != tail {
-                let offset = head % LAP;
-                if offset < BLOCK_CAP {
-                    (*(*block).slots[offset].value.get()).assume_init_drop();
-                } else {
-                    let next = *(*block).next.get_mut();
-                    drop(Box::from_raw(block));
-                    block = next;
-                }
-                head += 1;
+        // `head.block` on (and the spare) are owned by the channel.
+        unsafe { drop_unread(self) }
+    }
+}
+
+/// Drops the unread messages of a channel no handle refers to any more,
+/// then frees its blocks. `head` is advanced before each message is
+/// dropped, so that when a message's destructor panics, the guard carries on
+/// from the next one: every message is dropped once and the blocks are
+/// freed, as a `Vec` drops its other elements (a second panic aborts, as
+/// there).
+///
+/// # Safety
+/// `this` is the only access to the channel, whose `head..tail` slots are
+/// written and unread and whose blocks from `head.block` on it owns.
+unsafe fn drop_unread<T>(this: *mut Channel<T>) {
+    struct Resume<T>(*mut Channel<T>);
+    impl<T> Drop for Resume<T> {
+        fn drop(&mut self) {
+            // SAFETY: reached only when a message's destructor unwinds out
+            // of `drop_unread`, whose saved `head` is already past it.
+            unsafe { drop_unread(self.0) }
+        }
+    }
+    loop {
+        // SAFETY: by the contract the channel is ours alone; `ch` is not
+        // used after `Resume` may reach it through `this`.
+        let ch = unsafe { &mut *this };
+        let tail = *ch.tail.index.get_mut();
+        let head = *ch.head.index.get_mut();
+        if head == tail {
+            break;
+        }
+        let block = *ch.head.block.get_mut();
+        *ch.head.index.get_mut() = head + 1;
+        let offset = head % LAP;
+        if offset < BLOCK_CAP {
+            // SAFETY: slot `offset` of the head block is written and unread
+            // (the contract), and `head` has moved past it, so it is
+            // dropped once even if its destructor panics.
+            unsafe {
+                let value = (*block).slots[offset].value.get();
+                let resume = Resume(this);
+                (*value).assume_init_drop();
+                std::mem::forget(resume);
             }
-            if !block.is_null() {
+        } else {
+            // SAFETY: the head block is owned by the channel and every one
+            // of its slots has been dropped; `next` is installed (the gap
+            // is passed only once the next block exists).
+            unsafe {
+                *ch.head.block.get_mut() = *(*block).next.get_mut();
                 drop(Box::from_raw(block));
             }
-            let spare = *self.spare.get_mut();
-            if !spare.is_null() {
-                drop(Box::from_raw(spare));
-            }
         }
+    }
+    // SAFETY: as above; what is left is the last block and the spare, owned
+    // by the channel, each freed once (the pointers are cleared).
+    let ch = unsafe { &mut *this };
+    let block = std::mem::replace(ch.head.block.get_mut(), ptr::null_mut());
+    if !block.is_null() {
+        // SAFETY: owned by the channel, see above.
+        drop(unsafe { Box::from_raw(block) });
+    }
+    let spare = std::mem::replace(ch.spare.get_mut(), ptr::null_mut());
+    if !spare.is_null() {
+        // SAFETY: owned by the channel, see above.
+        drop(unsafe { Box::from_raw(spare) });
     }
 }
