@@ -335,12 +335,66 @@ where
     h
 }
 
-/// Sends the supervisor its Signal (at the end of the actor's life).
+/// Ends an actor whose closure never ran: drops the closure and makes
+/// `payload` (a panic) its outcome. In the actor's first context or in a
+/// scheduler context, before its end is reported.
+pub(crate) fn drop_unrun(c: &ActorCell, payload: Box<dyn Any + Send>) {
+    let vt = c.vtable.get();
+    crate::panic::contain(c.pid(), "dropping the closure", || {
+        // SAFETY: the actor never ran (outcome NONE): the payload holds its
+        // closure, which only the finishing context touches now.
+        unsafe { (vt.drop_closure)(c) }
+    });
+    // SAFETY: as above, nothing else touches the outcome before DONE.
+    unsafe { *c.panic.get() = Some(payload) };
+    c.outcome.set(OUT_PANIC);
+}
+
+/// Sends the supervisor its Signal, at the end of the actor's life, on its
+/// own stack: a bounded supervisor channel that is full parks the actor
+/// until there is room.
 pub(crate) fn report_exit(c: &ActorCell) {
-    // SAFETY: only the finishing context touches `supervisor` now.
-    let Some(sup) = (unsafe { (*c.supervisor.get()).take() }) else {
+    let Some((sup, sig)) = exit_signal(c) else {
         return;
     };
+    // Below the actor's catch_unwind: a signal that cannot be delivered is
+    // dropped here, and so is the channel if this was its last handle.
+    crate::panic::contain(c.pid(), "sending the exit signal", move || {
+        let _ = sup.send(sig);
+    });
+}
+
+/// Sends the supervisor the Signal of an actor that could not be given a
+/// stack, from a scheduler context, which must not block: when the bounded
+/// supervisor channel is full, a thread of its own waits for room (without
+/// it, the worker would wait for a receiver that may need this very worker
+/// to run).
+pub(crate) fn report_exit_from_scheduler(c: &ActorCell) {
+    let Some((sup, sig)) = exit_signal(c) else {
+        return;
+    };
+    let pid = c.pid();
+    crate::panic::contain(pid, "sending the exit signal", move || {
+        if let Err(crate::channel::TrySendError::Full(sig)) = sup.try_send(sig) {
+            let spawned = std::thread::Builder::new()
+                .name("smarm-signal".into())
+                .spawn(move || {
+                    let _ = sup.send(sig);
+                });
+            if let Err(e) = spawned {
+                let line = format!(
+                    "smarm: the exit signal of actor {pid} is lost: its supervisor's channel is full and no thread could wait for room ({e})\n"
+                );
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+            }
+        }
+    });
+}
+
+/// Takes the supervisor of a finishing actor and builds its Signal.
+fn exit_signal(c: &ActorCell) -> Option<(crate::channel::Sender<Signal>, Signal)> {
+    // SAFETY: only the finishing context touches `supervisor` now.
+    let sup = unsafe { (*c.supervisor.get()).take() }?;
     let pid = c.pid();
     let sig = match c.outcome.get() {
         OUT_PANIC => {
@@ -359,12 +413,7 @@ pub(crate) fn report_exit(c: &ActorCell) {
         }
         _ => Signal::Exit(pid),
     };
-    // At the end of the actor (below its catch_unwind) or in a scheduler
-    // context: a signal that cannot be delivered is dropped here, and so is
-    // the channel if this was its last handle.
-    crate::panic::contain(pid, "sending the exit signal", move || {
-        let _ = sup.send(sig);
-    });
+    Some((sup, sig))
 }
 
 // ---------------------------------------------------------------------------

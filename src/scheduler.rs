@@ -738,8 +738,10 @@ pub(crate) fn fire_timers(sh: &Shared, wi: usize, now: u64) -> usize {
 // ---------------------------------------------------------------------------
 
 /// Prepares `t` to run on this worker: marks it running and returns the
-/// stack pointer to switch to, or None if it was killed before it ever ran
-/// (then it has been finished here).
+/// stack pointer to switch to, or None if no stack could be had for its
+/// first run (then it has been finished here, as a panic). An actor killed
+/// before it ran still gets its stack: it finishes there (`actor_entry`),
+/// where reporting its end to a supervisor may block.
 fn prepare(l: &mut Local, t: Task) -> Option<*mut u8> {
     // SAFETY: a queued cell is live (the actor's own reference).
     let c = unsafe { &*t };
@@ -752,10 +754,6 @@ fn prepare(l: &mut Local, t: Task) -> Option<*mut u8> {
         return Some(sp);
     }
     // First run.
-    if s & KILL != 0 {
-        finish_unstarted(l, c, Box::new(crate::actor::Killed));
-        return None;
-    }
     match stack::alloc(c.stack_class.get()) {
         Ok(st) => {
             let top = st.top();
@@ -777,18 +775,12 @@ fn prepare(l: &mut Local, t: Task) -> Option<*mut u8> {
     }
 }
 
-/// Finishes an actor that never ran: its closure is dropped and its outcome
-/// is `payload` (a panic).
+/// Finishes an actor that never ran, in the scheduler context: its closure
+/// is dropped and its outcome is `payload` (a panic). Its supervisor is told
+/// without blocking this thread (`actor::report_exit_from_scheduler`).
 fn finish_unstarted(l: &mut Local, c: &'static ActorCell, payload: Box<dyn std::any::Any + Send>) {
-    let vt = c.vtable.get();
-    crate::panic::contain(c.pid(), "dropping the closure", || {
-        // SAFETY: the actor never ran; we own its payload (the closure).
-        unsafe { (vt.drop_closure)(c) }
-    });
-    // SAFETY: the actor never ran, so nothing else touches its outcome.
-    unsafe { *c.panic.get() = Some(payload) };
-    c.outcome.set(cell::OUT_PANIC);
-    crate::actor::report_exit(c);
+    crate::actor::drop_unrun(c, payload);
+    crate::actor::report_exit_from_scheduler(c);
     finalize(l, c);
 }
 
@@ -943,15 +935,22 @@ unsafe extern "C" fn actor_entry(arg: usize) -> ! {
     // SAFETY: `arg` is the cell pointer given to init_stack; the actor's own
     // reference keeps it live.
     let c: &'static ActorCell = unsafe { &*(arg as *const ActorCell) };
-    let vt = c.vtable.get();
-    // SAFETY: the payload holds the closure (outcome NONE).
-    let r = unsafe { (vt.run)(c) };
-    match r {
-        Ok(()) => c.outcome.set(cell::OUT_VALUE),
-        Err(p) => {
-            // SAFETY: only the actor touches its outcome before DONE.
-            unsafe { *c.panic.get() = Some(p) };
-            c.outcome.set(cell::OUT_PANIC);
+    if c.state.load(Ordering::Acquire) & KILL != 0 {
+        // Killed before it ran (by `kill` or a shutdown): the closure never
+        // runs, and the end is reported from here, where it may block.
+        c.kill_delivered.set(true);
+        crate::actor::drop_unrun(c, Box::new(crate::actor::Killed));
+    } else {
+        let vt = c.vtable.get();
+        // SAFETY: the payload holds the closure (outcome NONE).
+        let r = unsafe { (vt.run)(c) };
+        match r {
+            Ok(()) => c.outcome.set(cell::OUT_VALUE),
+            Err(p) => {
+                // SAFETY: only the actor touches its outcome before DONE.
+                unsafe { *c.panic.get() = Some(p) };
+                c.outcome.set(cell::OUT_PANIC);
+            }
         }
     }
     {

@@ -106,6 +106,34 @@ fn kill_before_first_run_sends_killed() {
 }
 
 #[test]
+fn kill_before_first_run_waits_for_room_in_a_full_supervisor_channel() {
+    // One worker, and a bounded supervisor channel already full: the killed
+    // child's signal must wait for room without holding the worker, which
+    // the receiver below needs.
+    let rt = runtime::init(Config::default().threads(1));
+    rt.block_on(|| {
+        let (tx, rx) = smarm::bounded::<Signal>(1);
+        let first = smarm::spawn_under(tx.clone(), || ());
+        let first_pid = first.pid();
+        first.join().unwrap();
+        let h = smarm::spawn_under(tx, || {
+            unreachable!("a child killed before it ran must not run")
+        });
+        let killed_pid = h.pid();
+        smarm::kill(h.pid());
+        // Let the child finish first: it finds the channel full.
+        smarm::yield_now();
+        let receiver = smarm::spawn(move || (rx.recv().unwrap(), rx.recv().unwrap()));
+        assert!(h.join().unwrap_err().is::<Killed>());
+        let (a, b) = receiver.join().unwrap();
+        assert!(matches!(a, Signal::Exit(p) if p == first_pid));
+        assert!(
+            matches!(b, Signal::Panic(p, payload) if p == killed_pid && payload.is::<Killed>())
+        );
+    });
+}
+
+#[test]
 fn gone_supervisor_channel_is_not_an_error() {
     rt().block_on(|| {
         let (tx, rx) = smarm::channel::<Signal>();
@@ -143,4 +171,62 @@ fn runtime_shutdown_sends_killed() {
         }
         s => panic!("expected Panic(Killed), got {s:?}"),
     }
+}
+
+const ROLE: &str = "SMARM_TESTS_CHILD_ROLE";
+
+#[test]
+fn child_stackless_actor_waits_for_room() {
+    if std::env::var(ROLE).is_err() {
+        return;
+    }
+    let rt = runtime::init(Config::default().threads(1));
+    assert_eq!(rt.block_on(|| 1), 1);
+    // From here on no mapping of more than 256 MiB can be made, so a 1 GiB
+    // stack cannot be had, while a thread's stack still can.
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let vm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmSize");
+    let limit = vm_kib * 1024 + (256 << 20);
+    let rl = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid struct; it only limits this process.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rl) }, 0);
+    rt.block_on(|| {
+        let (tx, rx) = smarm::bounded::<Signal>(1);
+        let first = smarm::spawn_under(tx.clone(), || ());
+        let first_pid = first.pid();
+        first.join().unwrap();
+        // No stack: it ends as a panic in the scheduler context, which
+        // must not wait there for room in the full channel.
+        let h = Builder::new().stack_size(1 << 30).spawn_under(tx, || ());
+        let pid = h.pid();
+        let err = h.join().unwrap_err();
+        let msg = err.downcast_ref::<String>().expect("a message");
+        assert!(msg.contains("could not allocate a stack"), "{msg}");
+        assert!(matches!(rx.recv().unwrap(), Signal::Exit(p) if p == first_pid));
+        assert!(matches!(rx.recv().unwrap(), Signal::Panic(p, _) if p == pid));
+    });
+}
+
+#[test]
+fn stackless_actor_waits_for_room_in_a_full_supervisor_channel() {
+    let exe = std::env::current_exe().expect("test binary path");
+    let name = "child_stackless_actor_waits_for_room";
+    let out = std::process::Command::new(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ROLE, name)
+        .output()
+        .expect("run the child test process");
+    assert!(
+        out.status.success(),
+        "child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
 }
