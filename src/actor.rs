@@ -547,6 +547,9 @@ impl<T> JoinHandle<T> {
     ///
     /// # Errors
     /// `Err(payload)` when the actor panicked or was killed.
+    ///
+    /// # Panics
+    /// When an actor joins its own handle (it would wait for ever).
     pub fn join(self) -> Result<T, Box<dyn Any + Send + 'static>> {
         self.wait(false)
     }
@@ -565,6 +568,14 @@ impl<T> JoinHandle<T> {
             }
         }
         let _rel = Release(c);
+        // An actor that joins itself would wait for ever (std's join of the
+        // current thread fails the same way, with EDEADLK).
+        if scheduler::current_cell().is_some_and(|me| ptr::eq(me, c)) {
+            panic!(
+                "smarm: actor {} joined its own JoinHandle, which would wait for ever",
+                c.pid()
+            );
+        }
         let plain = !scheduler::in_actor();
         // Some(..) only for the plain thread of a `block_on`.
         let spare_core = if plain {

@@ -401,6 +401,23 @@ fn join_handle_crosses_threads_and_actors() {
 }
 
 #[test]
+fn an_actor_joining_itself_panics_instead_of_waiting_for_ever() {
+    let rt = rt(1);
+    let (handle_tx, handle_rx) = smarm::channel::<smarm::JoinHandle<()>>();
+    let (out_tx, out_rx) = smarm::channel::<String>();
+    let h = rt.spawn(move || {
+        let me = handle_rx.recv().unwrap();
+        let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || me.join()))
+            .expect_err("a self-join panics");
+        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+        out_tx.send(msg).unwrap();
+    });
+    handle_tx.send(h).unwrap();
+    let msg = out_rx.recv().unwrap();
+    assert!(msg.contains("joined its own JoinHandle"), "{msg}");
+}
+
+#[test]
 fn join_of_a_finished_actor() {
     let rt = rt(1);
     let h = rt.spawn(|| 3);
