@@ -462,3 +462,21 @@ fn a_panicking_message_destructor_does_not_leak_the_others() {
         );
     }
 }
+
+#[test]
+fn an_impossible_capacity_is_a_clear_panic() {
+    fn message(cap: usize) -> String {
+        let err = std::panic::catch_unwind(|| smarm::bounded::<u64>(cap)).expect_err("a panic");
+        err.downcast_ref::<String>().cloned().unwrap_or_default()
+    }
+    // Beyond any address space: the allocation fails instead of aborting.
+    let m = message(1 << 50);
+    assert!(
+        m.contains(&format!("smarm::bounded({})", 1u64 << 50)),
+        "{m}"
+    );
+    assert!(m.contains("cannot allocate"), "{m}");
+    // Beyond what positions can count.
+    let m = message(usize::MAX);
+    assert!(m.contains("too large"), "{m}");
+}

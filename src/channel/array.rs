@@ -79,13 +79,27 @@ pub(crate) fn backoff(step: &mut u32) {
 impl<T> Channel<T> {
     pub(crate) fn new(cap: usize) -> Self {
         assert!(cap > 0, "array flavour needs a capacity of at least 1");
-        let one_lap = (cap + 1).next_power_of_two();
-        let buffer = (0..cap)
-            .map(|i| Slot {
-                stamp: AtomicUsize::new(i),
-                value: UnsafeCell::new(MaybeUninit::uninit()),
-            })
-            .collect();
+        // Positions carry the lap above the index: the lap needs room.
+        let one_lap = cap
+            .checked_add(1)
+            .and_then(usize::checked_next_power_of_two)
+            .filter(|&l| l <= usize::MAX / 4)
+            .unwrap_or_else(|| {
+                panic!("smarm::bounded({cap}): the capacity is too large for a bounded channel")
+            });
+        let mut buffer = Vec::new();
+        if let Err(e) = buffer.try_reserve_exact(cap) {
+            panic!(
+                "smarm::bounded({cap}): cannot allocate the channel's ring of {cap} slots of {} \
+                 bytes ({e}); a bounded channel allocates its whole capacity when it is created",
+                std::mem::size_of::<Slot<T>>()
+            );
+        }
+        buffer.extend((0..cap).map(|i| Slot {
+            stamp: AtomicUsize::new(i),
+            value: UnsafeCell::new(MaybeUninit::uninit()),
+        }));
+        let buffer = buffer.into_boxed_slice();
         Channel {
             head: CachePadded(AtomicUsize::new(0)),
             tail: CachePadded(AtomicUsize::new(0)),

@@ -149,6 +149,10 @@ pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
 /// value (a rendezvous).
 ///
 /// A bounded channel allocates once, at creation.
+///
+/// # Panics
+/// When `cap` slots cannot be allocated (or `cap` is beyond what positions
+/// can count, about `usize::MAX / 4`); the message names the capacity.
 pub fn bounded<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
     if cap == 0 {
         make(Flavor::Zero(zero::Channel::new()))
