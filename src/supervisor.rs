@@ -335,7 +335,19 @@ struct Child {
 enum End {
     Returned,
     Killed,
-    Panicked(Box<dyn Any + Send + 'static>),
+    Panicked(Payload),
+}
+
+/// A child's panic payload, dropped under `panic::contain`: a destructor of
+/// the child's that panics must not take its supervisor down with it.
+struct Payload(Pid, Option<Box<dyn Any + Send + 'static>>);
+
+impl Drop for Payload {
+    fn drop(&mut self) {
+        if let Some(p) = self.1.take() {
+            crate::panic::contain(self.0, "dropping the panic payload", move || drop(p));
+        }
+    }
 }
 
 fn pid_of(s: &Signal) -> Pid {
@@ -381,6 +393,13 @@ impl State {
 
     fn handle_signal(&mut self, sig: Signal) {
         let pid = pid_of(&sig);
+        // The payload is held as a `Payload` from here on, whichever way
+        // this returns.
+        let end = match sig {
+            Signal::Exit(_) => End::Returned,
+            Signal::Panic(_, p) if p.is::<Killed>() => End::Killed,
+            Signal::Panic(_, p) => End::Panicked(Payload(pid, Some(p))),
+        };
         // A pid of no running child: one that was stopped on purpose.
         let Some(i) = self
             .children
@@ -393,11 +412,6 @@ impl State {
             // It has sent its Signal; this only waits for its last steps.
             let _ = h.join();
         }
-        let end = match sig {
-            Signal::Exit(_) => End::Returned,
-            Signal::Panic(_, p) if p.is::<Killed>() => End::Killed,
-            Signal::Panic(_, p) => End::Panicked(p),
-        };
         let restart = match self.children[i].spec.restart {
             Restart::Permanent => true,
             Restart::Transient => matches!(end, End::Panicked(_)),
@@ -464,7 +478,10 @@ impl State {
         let how = match end {
             End::Returned => "returned".to_string(),
             End::Killed => "was killed".to_string(),
-            End::Panicked(p) => format!("panicked with {}", describe_payload(p.as_ref())),
+            End::Panicked(Payload(_, p)) => match p {
+                Some(p) => format!("panicked with {}", describe_payload(p.as_ref())),
+                None => "panicked".to_string(),
+            },
         };
         panic!(
             "{me}: restart intensity exceeded (more than {} restart(s) within {:?}): child \"{}\" {how}; all children stopped",

@@ -739,3 +739,37 @@ fn runtime_shutdown_unwinds_a_live_tree() {
         [Stop("after"), Stop("before"), Stop("w1"), Stop("w2")]
     );
 }
+
+#[test]
+fn a_payload_whose_destructor_panics_does_not_take_the_supervisor_down() {
+    /// Panics in its destructor (unless already unwinding).
+    struct Bomb;
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("a payload destructor that panics");
+            }
+        }
+    }
+    static STARTS: AtomicUsize = AtomicUsize::new(0);
+    rt().block_on(|| {
+        let sup = Supervisor::new(Strategy::OneForOne)
+            .child("bomber", Restart::Permanent, || {
+                if STARTS.fetch_add(1, Ordering::SeqCst) == 0 {
+                    std::panic::panic_any(Bomb);
+                }
+                loop {
+                    smarm::sleep(Duration::from_secs(1));
+                }
+            })
+            .spawn();
+        // The supervisor drops the first payload and restarts the child.
+        while STARTS.load(Ordering::SeqCst) < 2 {
+            assert!(!sup.is_finished(), "the supervisor died");
+            smarm::sleep(Duration::from_millis(1));
+        }
+        assert!(!sup.is_finished());
+        smarm::kill(sup.pid());
+        assert!(sup.join().unwrap_err().is::<Killed>());
+    });
+}
