@@ -516,45 +516,18 @@ impl<T> Channel<T> {
 
 impl<T> Drop for Channel<T> {
     fn drop(&mut self) {
+        let tail = *self.tail.get_mut();
+        let mut pos = *self.head.get_mut();
+        let mut next = || {
+            if pos == tail {
+                return None;
+            }
+            let slot = self.buffer[pos & (self.one_lap - 1)].value.get();
+            pos = self.next(pos);
+            Some(slot)
+        };
         // SAFETY: no handle remains, so no operation is in flight; every
-        // position in head..tail holds a written value.
-        unsafe { drop_unread(self) }
-    }
-}
-
-/// Drops the unread messages of a channel no handle refers to any more.
-/// `head` is advanced before each message is dropped, so that when a
-/// message's destructor panics, the guard carries on from the next one and
-/// every message is dropped once, as a `Vec` drops its other elements (a
-/// second panic aborts, as there).
-///
-/// # Safety
-/// `this` is the only access to the channel, whose `head..tail` positions
-/// hold written values.
-unsafe fn drop_unread<T>(this: *mut Channel<T>) {
-    struct Resume<T>(*mut Channel<T>);
-    impl<T> Drop for Resume<T> {
-        fn drop(&mut self) {
-            // SAFETY: reached only when a message's destructor unwinds out
-            // of `drop_unread`, whose saved `head` is already past it.
-            unsafe { drop_unread(self.0) }
-        }
-    }
-    loop {
-        // SAFETY: by the contract the channel is ours alone; `ch` is not
-        // used after `Resume` may reach it through `this`.
-        let ch = unsafe { &mut *this };
-        let pos = *ch.head.get_mut();
-        if pos == *ch.tail.get_mut() {
-            break;
-        }
-        *ch.head.get_mut() = ch.next(pos);
-        let value = ch.buffer[pos & (ch.one_lap - 1)].value.get();
-        let resume = Resume(this);
-        // SAFETY: position `pos` holds a written value (the contract), and
-        // `head` has moved past it, so it is dropped once even if its
-        // destructor panics.
-        unsafe { (*value).assume_init_drop() };
-        std::mem::forget(resume);
+        // position in head..tail holds a written value, yielded once.
+        unsafe { super::drop_unread(&mut next) }
     }
 }

@@ -534,75 +534,43 @@ impl<T> Channel<T> {
 
 impl<T> Drop for Channel<T> {
     fn drop(&mut self) {
+        let tail = *self.tail.index.get_mut();
+        let mut head = *self.head.index.get_mut();
+        let block = self.head.block.get_mut();
+        let spare = self.spare.get_mut();
+        // Yields the unread slots and frees each block once passed; at the
+        // end frees the last block and the spare, so that this also happens
+        // when a message's destructor panics (the guard calls it again).
+        let mut next = || loop {
+            if head == tail {
+                for b in [
+                    std::mem::replace(block, ptr::null_mut()),
+                    std::mem::replace(spare, ptr::null_mut()),
+                ] {
+                    if !b.is_null() {
+                        // SAFETY: the last block and the spare are owned by
+                        // the channel; each pointer is cleared as it is freed.
+                        drop(unsafe { Box::from_raw(b) });
+                    }
+                }
+                return None;
+            }
+            let offset = head % LAP;
+            head += 1;
+            if offset < BLOCK_CAP {
+                // SAFETY: the head block is owned by the channel.
+                return Some(unsafe { (**block).slots[offset].value.get() });
+            }
+            // The gap: every slot of the head block has been yielded (and
+            // dropped); the next block is installed before a gap is passed.
+            // SAFETY: the head block is owned by the channel, freed once.
+            unsafe {
+                let next = *(**block).next.get_mut();
+                drop(Box::from_raw(std::mem::replace(block, next)));
+            }
+        };
         // SAFETY: no handle remains, so no operation is in flight; every
-        // slot in head..tail is written and unread, and the blocks from
-        // `head.block` on (and the spare) are owned by the channel.
-        unsafe { drop_unread(self) }
-    }
-}
-
-/// Drops the unread messages of a channel no handle refers to any more,
-/// then frees its blocks. `head` is advanced before each message is
-/// dropped, so that when a message's destructor panics, the guard carries on
-/// from the next one: every message is dropped once and the blocks are
-/// freed, as a `Vec` drops its other elements (a second panic aborts, as
-/// there).
-///
-/// # Safety
-/// `this` is the only access to the channel, whose `head..tail` slots are
-/// written and unread and whose blocks from `head.block` on it owns.
-unsafe fn drop_unread<T>(this: *mut Channel<T>) {
-    struct Resume<T>(*mut Channel<T>);
-    impl<T> Drop for Resume<T> {
-        fn drop(&mut self) {
-            // SAFETY: reached only when a message's destructor unwinds out
-            // of `drop_unread`, whose saved `head` is already past it.
-            unsafe { drop_unread(self.0) }
-        }
-    }
-    loop {
-        // SAFETY: by the contract the channel is ours alone; `ch` is not
-        // used after `Resume` may reach it through `this`.
-        let ch = unsafe { &mut *this };
-        let tail = *ch.tail.index.get_mut();
-        let head = *ch.head.index.get_mut();
-        if head == tail {
-            break;
-        }
-        let block = *ch.head.block.get_mut();
-        *ch.head.index.get_mut() = head + 1;
-        let offset = head % LAP;
-        if offset < BLOCK_CAP {
-            // SAFETY: slot `offset` of the head block is written and unread
-            // (the contract), and `head` has moved past it, so it is
-            // dropped once even if its destructor panics.
-            unsafe {
-                let value = (*block).slots[offset].value.get();
-                let resume = Resume(this);
-                (*value).assume_init_drop();
-                std::mem::forget(resume);
-            }
-        } else {
-            // SAFETY: the head block is owned by the channel and every one
-            // of its slots has been dropped; `next` is installed (the gap
-            // is passed only once the next block exists).
-            unsafe {
-                *ch.head.block.get_mut() = *(*block).next.get_mut();
-                drop(Box::from_raw(block));
-            }
-        }
-    }
-    // SAFETY: as above; what is left is the last block and the spare, owned
-    // by the channel, each freed once (the pointers are cleared).
-    let ch = unsafe { &mut *this };
-    let block = std::mem::replace(ch.head.block.get_mut(), ptr::null_mut());
-    if !block.is_null() {
-        // SAFETY: owned by the channel, see above.
-        drop(unsafe { Box::from_raw(block) });
-    }
-    let spare = std::mem::replace(ch.spare.get_mut(), ptr::null_mut());
-    if !spare.is_null() {
-        // SAFETY: owned by the channel, see above.
-        drop(unsafe { Box::from_raw(spare) });
+        // slot in head..tail is written and unread, and yielded once.
+        unsafe { super::drop_unread::<T>(&mut next) };
     }
 }

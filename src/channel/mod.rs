@@ -41,6 +41,36 @@ use std::time::{Duration, Instant};
 
 use crate::time::deadline_after;
 
+/// Drops the unread messages of a channel that no handle refers to any
+/// more: `next` yields each one's slot in turn, having already moved the
+/// channel's position past it, and None at the end. When a message's
+/// destructor panics, a guard goes on calling `next` for the rest, so every
+/// message is dropped exactly once, as a `Vec` drops its other elements (a
+/// second panic aborts, as there).
+///
+/// # Safety
+/// Every slot `next` yields holds an initialised message that nothing else
+/// reads or drops.
+pub(crate) unsafe fn drop_unread<T>(
+    next: &mut dyn FnMut() -> Option<*mut std::mem::MaybeUninit<T>>,
+) {
+    type Next<'a, T> = dyn FnMut() -> Option<*mut std::mem::MaybeUninit<T>> + 'a;
+    struct Resume<'a, 'b, T>(&'a mut Next<'b, T>);
+    impl<T> Drop for Resume<'_, '_, T> {
+        fn drop(&mut self) {
+            // SAFETY: the caller's contract, passed on; reached only when a
+            // message's destructor unwinds, and `next` has moved past it.
+            unsafe { drop_unread(self.0) }
+        }
+    }
+    while let Some(slot) = next() {
+        let resume = Resume(next);
+        // SAFETY: by the contract, `slot` holds a message that is ours.
+        unsafe { (*slot).assume_init_drop() };
+        std::mem::forget(resume);
+    }
+}
+
 pub use error::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
