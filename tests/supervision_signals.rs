@@ -134,6 +134,45 @@ fn kill_before_first_run_waits_for_room_in_a_full_supervisor_channel() {
 }
 
 #[test]
+fn a_kill_after_the_closure_returned_does_not_lose_the_signal() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    static RELEASE: AtomicBool = AtomicBool::new(false);
+    // One worker: the receiver below runs only once the child has parked.
+    let rt = runtime::init(Config::default().threads(1));
+    let (go, h, receiver) = rt.block_on(|| {
+        let (tx, rx) = smarm::bounded::<Signal>(1);
+        smarm::spawn_under(tx.clone(), || ()).join().unwrap();
+        let (go_tx, go_rx) = smarm::channel::<()>();
+        let receiver = smarm::spawn(move || {
+            go_rx.recv().unwrap();
+            (rx.recv().unwrap(), rx.recv())
+        });
+        // The channel is full; the child is killed while it runs its last
+        // steps (no suspension point left), then waits for room.
+        let h = smarm::spawn_under(tx, || {
+            STARTED.store(true, SeqCst);
+            while !RELEASE.load(SeqCst) {
+                std::hint::spin_loop();
+            }
+            5u32
+        });
+        (go_tx, h, receiver)
+    });
+    while !STARTED.load(SeqCst) {
+        std::thread::yield_now();
+    }
+    let pid = h.pid();
+    smarm::kill(pid);
+    RELEASE.store(true, SeqCst);
+    go.send(()).unwrap();
+    let (first, second) = receiver.join().unwrap();
+    assert!(matches!(first, Signal::Exit(_)));
+    assert!(matches!(second.expect("the child's signal"), Signal::Exit(p) if p == pid));
+    assert_eq!(h.join().unwrap(), 5);
+}
+
+#[test]
 fn gone_supervisor_channel_is_not_an_error() {
     rt().block_on(|| {
         let (tx, rx) = smarm::channel::<Signal>();
