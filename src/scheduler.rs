@@ -952,11 +952,11 @@ unsafe extern "C" fn actor_entry(arg: usize) -> ! {
                 c.outcome.set(cell::OUT_PANIC);
             }
         }
+        // The closure is over: a kill that comes now has nothing left to
+        // stop, and must not unwind the report below out of a wait for room
+        // in a full supervisor channel (the signal would be lost).
+        c.kill_delivered.set(true);
     }
-    // The closure is over: a kill that comes now has nothing left to stop,
-    // and must not unwind the report out of a wait for room in a full
-    // supervisor channel (the signal would be lost).
-    c.kill_delivered.set(true);
     {
         let _np = preempt::disable();
         crate::actor::report_exit(c);

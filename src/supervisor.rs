@@ -342,6 +342,13 @@ enum End {
 /// the child's that panics must not take its supervisor down with it.
 struct Payload(Pid, Option<Box<dyn Any + Send + 'static>>);
 
+impl Payload {
+    /// The payload (present until the drop).
+    fn get(&self) -> &(dyn Any + Send) {
+        self.1.as_deref().expect("a payload before its drop")
+    }
+}
+
 impl Drop for Payload {
     fn drop(&mut self) {
         if let Some(p) = self.1.take() {
@@ -478,10 +485,7 @@ impl State {
         let how = match end {
             End::Returned => "returned".to_string(),
             End::Killed => "was killed".to_string(),
-            End::Panicked(Payload(_, p)) => match p {
-                Some(p) => format!("panicked with {}", describe_payload(p.as_ref())),
-                None => "panicked".to_string(),
-            },
+            End::Panicked(p) => format!("panicked with {}", describe_payload(p.get())),
         };
         panic!(
             "{me}: restart intensity exceeded (more than {} restart(s) within {:?}): child \"{}\" {how}; all children stopped",

@@ -34,6 +34,7 @@ mod waiters;
 mod zero;
 
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::ops::Deref;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -51,10 +52,8 @@ use crate::time::deadline_after;
 /// # Safety
 /// Every slot `next` yields holds an initialised message that nothing else
 /// reads or drops.
-pub(crate) unsafe fn drop_unread<T>(
-    next: &mut dyn FnMut() -> Option<*mut std::mem::MaybeUninit<T>>,
-) {
-    type Next<'a, T> = dyn FnMut() -> Option<*mut std::mem::MaybeUninit<T>> + 'a;
+pub(crate) unsafe fn drop_unread<T>(next: &mut dyn FnMut() -> Option<*mut MaybeUninit<T>>) {
+    type Next<'a, T> = dyn FnMut() -> Option<*mut MaybeUninit<T>> + 'a;
     struct Resume<'a, 'b, T>(&'a mut Next<'b, T>);
     impl<T> Drop for Resume<'_, '_, T> {
         fn drop(&mut self) {
