@@ -63,6 +63,15 @@ impl Unparker {
         }
     }
 
+    /// The actor this handle wakes, if it wakes an actor.
+    #[inline]
+    pub(crate) fn actor(&self) -> Option<&'static crate::cell::ActorCell> {
+        match &self.0 {
+            Inner::Actor(a) => Some(a.0),
+            Inner::Thread(_) => None,
+        }
+    }
+
     /// True when both handles wake the same context.
     pub(crate) fn same_context(&self, other: &Unparker) -> bool {
         match (&self.0, &other.0) {

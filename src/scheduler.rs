@@ -383,6 +383,9 @@ pub(crate) struct Local {
     /// Counters mirrored into `WorkerShared` (owner-written).
     spawned: u64,
     exited: u64,
+    /// Times the scheduler context took control back from an actor (what
+    /// the test of the exit-to-joiner hand-off reads).
+    sched_entries: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -529,7 +532,10 @@ impl Local {
     /// workers' queues) when nothing is runnable here. A yield passes false:
     /// a lonely yielding actor just continues, and looks further only at the
     /// periodic global check.
-    fn find_next(&mut self, remote: bool) -> Option<Task> {
+    /// `exiting`: the finishing actor that is switching away for the last
+    /// time; when nothing else is runnable here, its joiner may run next
+    /// ([`claim_joiner`]) before anything is looked for beyond this worker.
+    fn find_next(&mut self, remote: bool, exiting: Option<&ActorCell>) -> Option<Task> {
         self.tick = self.tick.wrapping_add(1);
         let sh = self.shared();
         self.me().switches.store(self.tick, Ordering::Relaxed);
@@ -568,6 +574,9 @@ impl Local {
             return Some(t);
         }
         if let Some(t) = self.pop_pinned() {
+            return Some(t);
+        }
+        if let Some(t) = exiting.and_then(|c| claim_joiner(sh, c)) {
             return Some(t);
         }
         if remote || global {
@@ -785,9 +794,11 @@ fn finish_unstarted(l: &mut Local, c: &'static ActorCell, payload: Box<dyn std::
 }
 
 /// Switches away from the current actor, performing `post` afterwards
-/// (through whoever runs next). Runs on the actor's stack.
+/// (through whoever runs next). Runs on the actor's stack. `exiting`: the
+/// actor has finished (`post_kind` is `Post::Exit`), and its joiner may be
+/// the one that runs next (see `find_next`).
 #[inline(never)]
-fn switch_away(post_kind: fn(Task) -> Post, yielding: bool) {
+fn switch_away(post_kind: fn(Task) -> Post, yielding: bool, exiting: bool) {
     let lp = local();
     // SAFETY: in an actor, LOCAL is this worker's live state; no other
     // reference to it is active during this call.
@@ -800,7 +811,9 @@ fn switch_away(post_kind: fn(Task) -> Post, yielding: bool) {
     // next context has run `finish_switch` (a flag of this worker, not a
     // no-preempt guard, because it spans the switch).
     l.switching = true;
-    while let Some(t) = l.find_next(!yielding) {
+    // SAFETY: `me` is the running actor's live cell.
+    let exiting = exiting.then(|| unsafe { &*me });
+    while let Some(t) = l.find_next(!yielding, exiting) {
         if let Some(sp) = prepare(l, t) {
             next = Some((t, sp));
             break;
@@ -895,6 +908,46 @@ pub(crate) fn finish_switch() {
     }
 }
 
+/// The joiner of the finished actor `c`, claimed to run next on this worker
+/// instead of being woken by `finalize` after the switch: `c` is switching
+/// away for the last time and nothing else is runnable here, so the wake-up
+/// would only make the joiner the next actor by way of the scheduler
+/// context (a switch there, an empty search of the injector, the timers and
+/// the other workers, and a switch back). Returns it only when it is an
+/// actor of this runtime, parked (not pinned to another thread) and the
+/// claim `PARKED -> ACTIVE` succeeded: it is then ours to run, exactly as if
+/// an unpark had queued it here, and `c`'s joiner slot is emptied so that
+/// `finalize` does not wake it a second time. When the claim fails (a kill
+/// or another wake-up came first), `finalize` wakes it as usual.
+///
+/// The joiner resumes in `park` after the switch, whose post action first
+/// finalizes `c` (DONE): its join loop then finds `c` finished.
+fn claim_joiner(sh: &Shared, c: &ActorCell) -> Option<Task> {
+    if c.state.load(Ordering::Acquire) & JOIN_WAITING == 0 {
+        return None;
+    }
+    // SAFETY: JOIN_WAITING was set (Release, read above with Acquire) after
+    // the joiner wrote the slot; from then on only the finishing side
+    // touches it, and that is `c`, which is running this.
+    let slot = unsafe { &mut *c.joiner.get() };
+    let j = slot.as_ref()?.actor()?;
+    if !ptr::eq(j.runtime.get(), sh) || j.pinned.get() {
+        return None;
+    }
+    let s = j.state.load(Ordering::Acquire);
+    if s & (ST_MASK | NOTIFIED) != PARKED {
+        return None;
+    }
+    // Acquire: the joiner's saved context (published with PARKED) is visible.
+    j.state
+        .compare_exchange(s, s - PARKED + ACTIVE, Ordering::AcqRel, Ordering::Relaxed)
+        .ok()?;
+    // Its waker's reference: never the last (the joiner's own one is held
+    // until it finishes).
+    drop(slot.take());
+    Some(j)
+}
+
 /// Marks a finished actor DONE, wakes its joiner and drops its own reference.
 fn finalize(l: &mut Local, c: &'static ActorCell) {
     let mut s = c.state.load(Ordering::Relaxed);
@@ -961,7 +1014,7 @@ unsafe extern "C" fn actor_entry(arg: usize) -> ! {
         let _np = preempt::disable();
         crate::actor::report_exit(c);
     }
-    switch_away(Post::Exit, false);
+    switch_away(Post::Exit, false, true);
     unreachable!("a finished actor was resumed");
 }
 
@@ -976,6 +1029,19 @@ fn run_actor(lp: *mut Local, t: Task) {
     // SAFETY: `sp` is `t`'s saved context, now owned by this thread.
     unsafe { arch::switch(save, sp, 0) };
     finish_switch();
+    // SAFETY: back in the scheduler context: lp is this worker's state.
+    unsafe { (*lp).sched_entries += 1 };
+}
+
+/// How many times the scheduler context of the calling worker thread has
+/// taken control back from an actor; None off a scheduler thread. (For
+/// tests: `smarm::__private::scheduler_entries`.)
+#[doc(hidden)]
+pub fn scheduler_entries() -> Option<u64> {
+    let l = local();
+    // SAFETY: a non-null LOCAL is this thread's live worker state; the
+    // counter is only written by this thread.
+    (!l.is_null()).then(|| unsafe { (*l).sched_entries })
 }
 
 // ---------------------------------------------------------------------------
@@ -1006,6 +1072,7 @@ pub(crate) fn worker_main(shared: Arc<Shared>, index: usize) {
         spawned: 0,
         exited: 0,
         dispatching: false,
+        sched_entries: 0,
     });
     let lp: *mut Local = &mut *local;
     LOCAL.with(|l| l.set(lp));
@@ -1018,7 +1085,7 @@ pub(crate) fn worker_main(shared: Arc<Shared>, index: usize) {
     loop {
         // SAFETY: lp is live for the whole loop; no other reference is held
         // across this statement.
-        let next = unsafe { (*lp).find_next(true) };
+        let next = unsafe { (*lp).find_next(true, None) };
         if let Some(t) = next {
             run_actor(lp, t);
             continue;
@@ -1072,7 +1139,7 @@ fn spin_for_work(lp: *mut Local) -> Option<Task> {
         for _ in 0..64 {
             std::hint::spin_loop();
         }
-        if let Some(t) = l.find_next(true) {
+        if let Some(t) = l.find_next(true, None) {
             return Some(t);
         }
         if sh.shutdown.load(Ordering::Relaxed) {
@@ -1414,7 +1481,7 @@ pub(crate) fn park_actor(deadline: Option<Instant>) -> bool {
         }
         None => false,
     };
-    switch_away(Post::Park, false);
+    switch_away(Post::Park, false, false);
     // `c` is still our own cell (never re-derive it from a thread-local
     // read made before the switch: we may be on another thread now).
     // A timer that is no longer armed has fired: `fire_timers` pops only
@@ -1480,7 +1547,7 @@ pub(crate) fn yield_before_blocking() -> bool {
 pub(crate) fn yield_actor() {
     let c = current_cell().expect("yield outside an actor");
     pin_if_unwinding(c);
-    switch_away(Post::Yield, true);
+    switch_away(Post::Yield, true, false);
     check_kill(c);
 }
 
@@ -1498,7 +1565,7 @@ pub(crate) fn preempt_actor() {
     // SAFETY: in an actor, LOCAL is this worker's live state.
     c.home.set(unsafe { (*local_fast()).index });
     c.pinned.set(true);
-    switch_away(Post::Yield, true);
+    switch_away(Post::Yield, true, false);
 }
 
 fn arm_timer(sh: &Shared, c: &'static ActorCell, at: u64) {

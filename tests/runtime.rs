@@ -369,6 +369,76 @@ fn spawn_from_nested_actors() {
     assert_eq!(rt.block_on(|| tree(8)), (1 << 9) - 1);
 }
 
+/// An actor that finishes while its joiner (an actor of the same runtime)
+/// waits hands its worker straight to that joiner: a chain of nested
+/// spawn-and-join never passes through the scheduler context.
+#[test]
+fn a_finished_actor_hands_its_worker_to_its_joiner() {
+    let rt = rt(1);
+    fn level(n: u32) -> u32 {
+        if n == 0 {
+            0
+        } else {
+            smarm::spawn(move || level(n - 1)).join().unwrap() + 1
+        }
+    }
+    let (depth, entries) = rt.block_on(|| {
+        let before = smarm::__private::scheduler_entries().expect("on a scheduler thread");
+        let depth = level(300);
+        let after = smarm::__private::scheduler_entries().expect("on a scheduler thread");
+        (depth, after - before)
+    });
+    assert_eq!(depth, 300);
+    // Without the hand-off every level went through it once (300).
+    assert!(entries <= 2, "{entries} returns to the scheduler context");
+}
+
+/// The hand-off and a kill race for the same waiting joiner: whichever
+/// comes first wakes it, and every joiner ends (killed or with the value).
+#[test]
+fn joiners_killed_while_their_child_finishes_all_end() {
+    let rt = rt(2);
+    let (killed, joined) = rt.block_on(|| {
+        let mut killed = 0;
+        let mut joined = 0;
+        for i in 0..2_000u32 {
+            let parent = smarm::spawn(move || {
+                let child = smarm::spawn(move || {
+                    for _ in 0..i % 3 {
+                        smarm::yield_now();
+                    }
+                    i
+                });
+                child.join().unwrap()
+            });
+            let pid = parent.pid();
+            let killer = smarm::spawn(move || {
+                for _ in 0..i % 4 {
+                    smarm::yield_now();
+                }
+                smarm::kill(pid);
+            });
+            match parent.join() {
+                Ok(v) => {
+                    assert_eq!(v, i);
+                    joined += 1;
+                }
+                Err(p) => {
+                    assert!(
+                        p.downcast_ref::<Killed>().is_some(),
+                        "{}",
+                        panic_message(&*p)
+                    );
+                    killed += 1;
+                }
+            }
+            killer.join().unwrap();
+        }
+        (killed, joined)
+    });
+    assert_eq!(killed + joined, 2_000);
+}
+
 #[test]
 fn spawn_from_plain_threads() {
     let rt = Arc::new(rt(2));
