@@ -12,10 +12,12 @@
 //! future as a spawned task, as smarm's `block_on` runs its closure as an actor on a scheduler
 //! thread.
 //!
-//! The compute-bound pair (`fan_out_compute`, `multi_thread_scaling`) sits at parity, so it is
-//! measured `paired`: both runtimes alive, each criterion sample of one also timing as many runs
-//! of the other right after it, and a `paired:` line with the medians of those samples and of
-//! their ratios, which sweep.py reports for it.
+//! The compute-bound pair (`fan_out_compute`, `multi_thread_scaling`) sits at parity, and
+//! `deep_recursion` (a working set of 500 stacks) runs at two speeds a third apart as the machine
+//! around it changes, for seconds at a time; so these are measured `paired`: both runtimes alive,
+//! each criterion sample of one also timing as many runs of the other right after it, and a
+//! `paired:` line with the medians of those samples and of their ratios, which sweep.py reports
+//! for them.
 //!
 //! `cargo bench --bench general -- --quick` runs the suite in a few minutes; `cargo bench --bench
 //! general -- skynet` runs one bench.
@@ -763,11 +765,16 @@ fn deep_recursion(c: &mut Criterion) {
         }
     }
     let mut g = c.benchmark_group("deep_recursion");
-    pair(
-        &mut g,
-        |rt| assert_eq!(rt.block_on(|| sm_level(DEPTH)), DEPTH),
-        |rt| assert_eq!(tk_root(rt, tk_level(DEPTH)), DEPTH),
-    );
+    for cfg in Cfg::ALL {
+        paired(
+            &mut g,
+            "deep_recursion",
+            cfg.name(),
+            (|| cfg.smarm(), || cfg.tokio()),
+            |rt| assert_eq!(rt.block_on(|| sm_level(DEPTH)), DEPTH),
+            |rt| assert_eq!(tk_root(rt, tk_level(DEPTH)), DEPTH),
+        );
+    }
     g.finish();
 }
 

@@ -36,7 +36,9 @@ criterion printed is used instead; that middle value is criterion's typical esti
 not the median, so the JSON of such a run says `"source": "stdout"` for it.
 
 Paired benches: a compute-bound bench sits at parity, where the machine's speed drifting between
-two criterion benchmarks would decide its ratio. general.rs therefore times each sample of such a
+two criterion benchmarks would decide its ratio, and a bench whose speed swings with the machine
+for seconds at a time (deep_recursion) can have one runtime timed in a slow spell and the other
+not. general.rs therefore times each sample of such a
 bench's smarm and tokio benchmarks together with as many runs of the other runtime right after it
 and prints the medians of those interleaved samples and of their ratios as `paired: <bench>/<config>
 smarm <ns> ns tokio <ns> ns ratio <r> (<n> pairs)`. Those replace criterion's medians and their ratio
