@@ -90,40 +90,54 @@ pub(crate) struct TimerSlot {
 }
 
 /// An actor's control block. See the module docs for who touches what.
+///
+/// The fields are laid out by when they are touched (`repr(C)` keeps the
+/// order): every run, park and wake-up of the actor reads or writes its
+/// first cache line (state, saved stack pointer, runtime, stack, no-preempt
+/// count, the flags); a sleep, a join and the queues touch the second
+/// (timer slot, joiner, queue link, vtable); the payload fills the third;
+/// what only spawn, exit or a kill reads (pid, panic payload, name,
+/// supervisor) is in the fourth. Between two steps of an actor that waits
+/// behind thousands of others its cell has left the caches, so each line a
+/// step touches is a miss.
 #[repr(C, align(64))]
 pub(crate) struct ActorCell {
+    // Line 0: every step.
     pub state: AtomicU32,
     pub refs: AtomicU32,
-    /// Current incarnation's pid (index | generation << 32).
-    pub pid: AtomicU64,
     /// Saved stack pointer while suspended. Touched only by the thread that
     /// switches the actor in or out.
     pub sp: UnsafeCell<*mut u8>,
-    pub stack: UnsafeCell<Option<Stack>>,
-    /// Intrusive link for the injector and pinned queues.
-    pub next: AtomicPtr<ActorCell>,
     /// The runtime the actor belongs to (`scheduler::Shared`).
     pub runtime: Cell<*const crate::scheduler::Shared>,
-    pub vtable: Cell<&'static BodyVTable>,
-    pub payload: UnsafeCell<Payload>,
+    pub stack: UnsafeCell<Option<Stack>>,
+    /// The actor's no-preempt count while it is switched out.
+    pub no_preempt: Cell<u32>,
     pub outcome: Cell<u8>,
-    pub panic: UnsafeCell<Option<Box<dyn Any + Send>>>,
-    pub joiner: UnsafeCell<Option<Unparker>>,
-    pub name: UnsafeCell<Option<Box<str>>>,
     pub stack_class: Cell<u8>,
     /// Set while the actor was preempted inside the allocator: it resumes on
     /// the same OS thread until its next voluntary suspension.
     pub pinned: Cell<bool>,
     /// The kill has been delivered (the actor is unwinding with `Killed`).
     pub kill_delivered: Cell<bool>,
-    /// The actor's no-preempt count while it is switched out.
-    pub no_preempt: Cell<u32>,
     /// A panic (or the kill) started unwinding this actor. Only meaningful
     /// while `std::thread::panicking()` also says so (user code may catch).
     pub unwinding: Cell<bool>,
+    // Line 1: sleeping, joining, queueing, starting.
+    pub timer: UnsafeCell<TimerSlot>,
     /// The worker a pinned actor must resume on.
     pub home: Cell<usize>,
-    pub timer: UnsafeCell<TimerSlot>,
+    /// Intrusive link for the injector and pinned queues.
+    pub next: AtomicPtr<ActorCell>,
+    pub vtable: Cell<&'static BodyVTable>,
+    pub joiner: UnsafeCell<Option<Unparker>>,
+    // Lines 2-3: the closure, then the result.
+    pub payload: UnsafeCell<Payload>,
+    // Line 3: spawn, exit, kill.
+    /// Current incarnation's pid (index | generation << 32).
+    pub pid: AtomicU64,
+    pub panic: UnsafeCell<Option<Box<dyn Any + Send>>>,
+    pub name: UnsafeCell<Option<Box<str>>>,
     pub supervisor: UnsafeCell<Option<Sender<Signal>>>,
     /// Slab index (immutable).
     index: u32,
