@@ -931,14 +931,16 @@ fn claim_joiner(sh: &Shared, c: &ActorCell) -> Option<Task> {
     // touches it, and that is `c`, which is running this.
     let slot = unsafe { &mut *c.joiner.get() };
     let j = slot.as_ref()?.actor()?;
-    if !ptr::eq(j.runtime.get(), sh) || j.pinned.get() {
+    if !ptr::eq(j.runtime.get(), sh) {
         return None;
     }
+    // Acquire: what the joiner's thread wrote before publishing PARKED (its
+    // saved context, its `pinned` flag) is visible; while it stays PARKED
+    // no one writes them, and the CAS below fails if it did not stay so.
     let s = j.state.load(Ordering::Acquire);
-    if s & (ST_MASK | NOTIFIED) != PARKED {
+    if s & (ST_MASK | NOTIFIED) != PARKED || j.pinned.get() {
         return None;
     }
-    // Acquire: the joiner's saved context (published with PARKED) is visible.
     j.state
         .compare_exchange(s, s - PARKED + ACTIVE, Ordering::AcqRel, Ordering::Relaxed)
         .ok()?;
