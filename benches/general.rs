@@ -244,6 +244,25 @@ fn paired(
     Some((sm_ns, tk_ns))
 }
 
+/// [`paired`] in both configurations (`st`, `mt`).
+fn paired_configs(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    bench: &str,
+    sm: impl Fn(&SmarmRt),
+    tk: impl Fn(&TokioRt),
+) {
+    for cfg in Cfg::ALL {
+        paired(
+            g,
+            bench,
+            cfg.name(),
+            (|| cfg.smarm(), || cfg.tokio()),
+            &sm,
+            &tk,
+        );
+    }
+}
+
 /// A group for a workload of milliseconds or more: 10 samples of equal iteration counts.
 fn heavy(g: &mut BenchmarkGroup<'_, WallTime>) {
     g.sample_size(10).sampling_mode(SamplingMode::Flat);
@@ -697,16 +716,12 @@ fn fan_out_compute(c: &mut Criterion) {
     let expected = fan_out_expected();
     let mut g = c.benchmark_group("fan_out_compute");
     heavy(&mut g);
-    for cfg in Cfg::ALL {
-        paired(
-            &mut g,
-            "fan_out_compute",
-            cfg.name(),
-            (|| cfg.smarm(), || cfg.tokio()),
-            |rt| sm_fan_out(rt, expected),
-            |rt| tk_fan_out(rt, expected),
-        );
-    }
+    paired_configs(
+        &mut g,
+        "fan_out_compute",
+        |rt| sm_fan_out(rt, expected),
+        |rt| tk_fan_out(rt, expected),
+    );
     g.finish();
 }
 
@@ -765,16 +780,12 @@ fn deep_recursion(c: &mut Criterion) {
         }
     }
     let mut g = c.benchmark_group("deep_recursion");
-    for cfg in Cfg::ALL {
-        paired(
-            &mut g,
-            "deep_recursion",
-            cfg.name(),
-            (|| cfg.smarm(), || cfg.tokio()),
-            |rt| assert_eq!(rt.block_on(|| sm_level(DEPTH)), DEPTH),
-            |rt| assert_eq!(tk_root(rt, tk_level(DEPTH)), DEPTH),
-        );
-    }
+    paired_configs(
+        &mut g,
+        "deep_recursion",
+        |rt| assert_eq!(rt.block_on(|| sm_level(DEPTH)), DEPTH),
+        |rt| assert_eq!(tk_root(rt, tk_level(DEPTH)), DEPTH),
+    );
     g.finish();
 }
 
