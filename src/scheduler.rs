@@ -396,6 +396,19 @@ enum Post {
     Exit(Task),
 }
 
+/// Why the running actor switches away; decides the post-switch action and
+/// how the next actor is looked for (`switch_away`).
+#[derive(Clone, Copy, PartialEq)]
+enum Leave {
+    /// It stays runnable: nothing else to run here means it just goes on,
+    /// and no other worker is searched (except at the periodic check).
+    Yield,
+    /// It waits to be woken.
+    Park,
+    /// It has finished: its waiting joiner may be the next to run.
+    Exit,
+}
+
 thread_local! {
     static LOCAL: Cell<*mut Local> = const { Cell::new(ptr::null_mut()) };
     /// The runtime whose `block_on` this thread is in (for `spawn`).
@@ -793,12 +806,11 @@ fn finish_unstarted(l: &mut Local, c: &'static ActorCell, payload: Box<dyn std::
     finalize(l, c);
 }
 
-/// Switches away from the current actor, performing `post` afterwards
-/// (through whoever runs next). Runs on the actor's stack. `exiting`: the
-/// actor has finished (`post_kind` is `Post::Exit`), and its joiner may be
-/// the one that runs next (see `find_next`).
+/// Switches away from the current actor, which then yields, parks or exits
+/// (`how`): the matching post-switch action is performed by whoever runs
+/// next. Runs on the actor's stack.
 #[inline(never)]
-fn switch_away(post_kind: fn(Task) -> Post, yielding: bool, exiting: bool) {
+fn switch_away(how: Leave) {
     let lp = local();
     // SAFETY: in an actor, LOCAL is this worker's live state; no other
     // reference to it is active during this call.
@@ -811,8 +823,9 @@ fn switch_away(post_kind: fn(Task) -> Post, yielding: bool, exiting: bool) {
     // next context has run `finish_switch` (a flag of this worker, not a
     // no-preempt guard, because it spans the switch).
     l.switching = true;
+    let yielding = how == Leave::Yield;
     // SAFETY: `me` is the running actor's live cell.
-    let exiting = exiting.then(|| unsafe { &*me });
+    let exiting = (how == Leave::Exit).then(|| unsafe { &*me });
     while let Some(t) = l.find_next(!yielding, exiting) {
         if let Some(sp) = prepare(l, t) {
             next = Some((t, sp));
@@ -828,7 +841,11 @@ fn switch_away(post_kind: fn(Task) -> Post, yielding: bool, exiting: bool) {
     }
     // SAFETY: `me` is the running actor: its `sp` slot is ours to write.
     let save = unsafe { (*me).sp.get() };
-    l.post = post_kind(me);
+    l.post = match how {
+        Leave::Yield => Post::Yield(me),
+        Leave::Park => Post::Park(me),
+        Leave::Exit => Post::Exit(me),
+    };
     let to = match next {
         Some((t, sp)) => {
             l.found_work();
@@ -1016,7 +1033,7 @@ unsafe extern "C" fn actor_entry(arg: usize) -> ! {
         let _np = preempt::disable();
         crate::actor::report_exit(c);
     }
-    switch_away(Post::Exit, false, true);
+    switch_away(Leave::Exit);
     unreachable!("a finished actor was resumed");
 }
 
@@ -1483,7 +1500,7 @@ pub(crate) fn park_actor(deadline: Option<Instant>) -> bool {
         }
         None => false,
     };
-    switch_away(Post::Park, false, false);
+    switch_away(Leave::Park);
     // `c` is still our own cell (never re-derive it from a thread-local
     // read made before the switch: we may be on another thread now).
     // A timer that is no longer armed has fired: `fire_timers` pops only
@@ -1549,7 +1566,7 @@ pub(crate) fn yield_before_blocking() -> bool {
 pub(crate) fn yield_actor() {
     let c = current_cell().expect("yield outside an actor");
     pin_if_unwinding(c);
-    switch_away(Post::Yield, true, false);
+    switch_away(Leave::Yield);
     check_kill(c);
 }
 
@@ -1567,7 +1584,7 @@ pub(crate) fn preempt_actor() {
     // SAFETY: in an actor, LOCAL is this worker's live state.
     c.home.set(unsafe { (*local_fast()).index });
     c.pinned.set(true);
-    switch_away(Post::Yield, true, false);
+    switch_away(Leave::Yield);
 }
 
 fn arm_timer(sh: &Shared, c: &'static ActorCell, at: u64) {
