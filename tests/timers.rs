@@ -4,7 +4,7 @@
 //!
 //! Only lower bounds on durations are asserted (a sleep never ends early).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -313,6 +313,64 @@ fn due_timers_wake_in_deadline_order() {
         );
         lead *= 2;
     }
+}
+
+/// A timer that fires while older work waits in the injector queues behind
+/// that work (first come, first served): the actor it wakes does not
+/// overtake actors that were runnable before its deadline.
+#[test]
+fn a_timer_firing_behind_a_backlog_waits_its_turn() {
+    // More than a worker's local queue holds: most of it waits in the injector.
+    const BACKLOG: usize = 600;
+    let rt = rt(1);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let armed = Arc::new(AtomicBool::new(false));
+    let injected = Arc::new(AtomicBool::new(false));
+    let (r, a, inj) = (ran.clone(), armed.clone(), injected.clone());
+    let gate = rt.spawn(move || {
+        let a2 = a.clone();
+        let sleeper = smarm::spawn(move || {
+            // No preemption between the flag and the park: once the flag is
+            // up, the timer is armed.
+            let np = smarm::preempt::disable();
+            a2.store(true, Ordering::SeqCst);
+            smarm::sleep(Duration::from_millis(1));
+            drop(np);
+            // How many of the backlog ran before this actor did.
+            r.load(Ordering::SeqCst)
+        });
+        while !a.load(Ordering::SeqCst) {
+            smarm::yield_now();
+        }
+        // Hold the only worker (no suspension point, no allocation) until
+        // the backlog is queued and the sleeper's deadline has passed.
+        let due = Instant::now() + Duration::from_millis(2);
+        while !inj.load(Ordering::SeqCst) || Instant::now() < due {
+            std::hint::spin_loop();
+        }
+        sleeper
+    });
+    while !armed.load(Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    let backlog: Vec<_> = (0..BACKLOG)
+        .map(|_| {
+            let ran = ran.clone();
+            rt.spawn(move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .collect();
+    injected.store(true, Ordering::SeqCst);
+    let sleeper = gate.join().unwrap();
+    let before = sleeper.join().unwrap();
+    for h in backlog {
+        h.join().unwrap();
+    }
+    assert_eq!(
+        before, BACKLOG,
+        "the woken sleeper overtook actors queued before its timer fired"
+    );
 }
 
 #[test]
