@@ -37,8 +37,8 @@ not the median, so the JSON of such a run says `"source": "stdout"` for it.
 
 Paired benches: a compute-bound bench sits at parity, where the machine's speed drifting between
 two criterion benchmarks would decide its ratio, and a bench whose speed swings with the machine
-for seconds at a time (deep_recursion) can have one runtime timed in a slow spell and the other
-not. general.rs therefore times each sample of such a
+for seconds at a time (deep_recursion; many_timers, whose first runs of 10,000 actors are memory
+bound) can have one runtime timed in a slow spell and the other not. general.rs therefore times each sample of such a
 bench's smarm and tokio benchmarks together with as many runs of the other runtime right after it
 and prints the medians of those interleaved samples and of their ratios as `paired: <bench>/<config>
 smarm <ns> ns tokio <ns> ns ratio <r> (<n> pairs)`. Those replace criterion's medians and their ratio
