@@ -753,9 +753,11 @@ pub(crate) fn fire_timers(sh: &Shared, wi: usize, now: u64) -> usize {
             w.next_deadline.set(heap.peek());
         }
         let behind_backlog = !sh.injector.is_empty();
-        let mut to_inject = [ptr::null::<ActorCell>(); FIRE_BATCH];
+        // The actors for the injector are gathered at the front of `batch`
+        // (m <= i: each entry is read before its slot is reused).
         let mut m = 0;
-        for &c in &batch[..k] {
+        for i in 0..k {
+            let c = batch[i];
             // SAFETY: the heap held a reference on `c`; it is ours now (and
             // released at the end of this iteration: a woken actor's own
             // reference keeps its cell live while it is queued).
@@ -765,14 +767,14 @@ pub(crate) fn fire_timers(sh: &Shared, wi: usize, now: u64) -> usize {
             }
             // After the claim's Acquire: `pinned` as the actor left it.
             if behind_backlog && !r.0.pinned.get() {
-                to_inject[m] = c;
+                batch[m] = c;
                 m += 1;
             } else {
                 wake_queued(sh, r.0, false);
             }
         }
         if m > 0 {
-            sh.injector.push_batch(to_inject[..m].iter().copied());
+            sh.injector.push_batch(batch[..m].iter().copied());
             sh.notify_one();
         }
         n += k;
