@@ -816,14 +816,24 @@ fn prepare(l: &mut Local, t: Task) -> Option<*mut u8> {
             Some(sp)
         }
         Err(e) => {
-            let msg = format!(
-                "smarm: could not allocate a stack for actor {}: {e}",
-                c.pid()
-            );
-            finish_unstarted(l, c, Box::new(msg));
+            no_stack(l, c, e);
             None
         }
     }
+}
+
+/// Finishes an actor that could not get a stack for its first run, as a
+/// panic that says why. Out of line: its message formatting would otherwise
+/// enlarge `prepare`'s frame, which every switch builds on the stack of the
+/// actor leaving.
+#[cold]
+#[inline(never)]
+fn no_stack(l: &mut Local, c: &'static ActorCell, e: std::io::Error) {
+    let msg = format!(
+        "smarm: could not allocate a stack for actor {}: {e}",
+        c.pid()
+    );
+    finish_unstarted(l, c, Box::new(msg));
 }
 
 /// Finishes an actor that never ran, in the scheduler context: its closure
