@@ -349,6 +349,9 @@ impl Shared {
 pub(crate) struct Local {
     pub shared: *const Shared,
     pub index: usize,
+    /// `&shared.workers[index]`, kept so that the hot paths reach this
+    /// worker's shared half with one load (no bounds check, no multiply).
+    me: *const WorkerShared,
     /// The actor running on this thread; null in the scheduler context.
     pub current: Task,
     /// Saved stack pointer of the scheduler context.
@@ -447,7 +450,9 @@ impl Local {
 
     #[inline]
     fn me(&self) -> &'static WorkerShared {
-        &self.shared().workers[self.index]
+        // SAFETY: `me` points into the worker table of `shared`, which lives
+        // as long as `shared()` says and is never resized.
+        unsafe { &*self.me }
     }
 
     fn next_rand(&mut self) -> u32 {
@@ -483,6 +488,7 @@ impl Local {
 
     /// Puts a suspended actor back to run later: on the pinned list if it
     /// must stay on this thread, else at the back of the local queue.
+    #[inline]
     fn requeue(&mut self, t: Task) {
         // SAFETY: `t` is a live cell (its own reference) that was just
         // switched away from on this thread.
@@ -548,6 +554,7 @@ impl Local {
     /// `exiting`: the finishing actor that is switching away for the last
     /// time; when nothing else is runnable here, its joiner may run next
     /// ([`claim_joiner`]) before anything is looked for beyond this worker.
+    #[inline(always)]
     fn find_next(&mut self, remote: bool, exiting: Option<&ActorCell>) -> Option<Task> {
         self.tick = self.tick.wrapping_add(1);
         let sh = self.shared();
@@ -555,17 +562,7 @@ impl Local {
         self.global_countdown -= 1;
         let global = self.global_countdown == 0;
         if global {
-            self.adapt_global_interval();
-            self.fire_own_timers();
-            // Busy workers poll the reactor when no idle worker drives it.
-            self.dispatching = true;
-            sh.reactor.poll_busy();
-            self.dispatching = false;
-            if let Some(t) = self.pop_injector() {
-                if !self.lifo.is_null() {
-                    let l = std::mem::replace(&mut self.lifo, ptr::null());
-                    self.me().queue.push(l, &sh.injector);
-                }
+            if let Some(t) = self.global_check() {
                 return Some(t);
             }
         }
@@ -597,6 +594,27 @@ impl Local {
         } else {
             None
         }
+    }
+
+    /// The periodic check of `find_next` (see "Fairness" in LOOM.md): due
+    /// timers, the reactor when no idle worker drives it, and the injector,
+    /// whose first actor it returns to run before anything local.
+    #[cold]
+    #[inline(never)]
+    fn global_check(&mut self) -> Option<Task> {
+        let sh = self.shared();
+        self.adapt_global_interval();
+        self.fire_own_timers();
+        // Busy workers poll the reactor when no idle worker drives it.
+        self.dispatching = true;
+        sh.reactor.poll_busy();
+        self.dispatching = false;
+        let t = self.pop_injector()?;
+        if !self.lifo.is_null() {
+            let l = std::mem::replace(&mut self.lifo, ptr::null());
+            self.me().queue.push(l, &sh.injector);
+        }
+        Some(t)
     }
 
     /// Re-arms the injector check so that it comes about every
@@ -793,6 +811,7 @@ pub(crate) fn fire_timers(sh: &Shared, wi: usize, now: u64) -> usize {
 /// first run (then it has been finished here, as a panic). An actor killed
 /// before it ran still gets its stack: it finishes there (`actor_entry`),
 /// where reporting its end to a supervisor may block.
+#[inline(always)]
 fn prepare(l: &mut Local, t: Task) -> Option<*mut u8> {
     // SAFETY: a queued cell is live (the actor's own reference).
     let c = unsafe { &*t };
@@ -804,7 +823,14 @@ fn prepare(l: &mut Local, t: Task) -> Option<*mut u8> {
     if !sp.is_null() {
         return Some(sp);
     }
-    // First run.
+    prepare_first_run(l, c)
+}
+
+/// [`prepare`] for an actor that has not run yet: it gets a stack, with
+/// the initial frame that enters `actor_entry`.
+#[inline(never)]
+fn prepare_first_run(l: &mut Local, c: &'static ActorCell) -> Option<*mut u8> {
+    let t: Task = c;
     match stack::alloc(c.stack_class.get()) {
         Ok(st) => {
             let top = st.top();
@@ -1111,6 +1137,7 @@ pub(crate) fn worker_main(shared: Arc<Shared>, index: usize) {
     let mut local = Box::new(Local {
         shared: sh,
         index,
+        me: &sh.workers[index],
         current: ptr::null(),
         sched_sp: ptr::null_mut(),
         post: Post::None,
