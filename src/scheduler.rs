@@ -931,13 +931,20 @@ fn switch_away(how: Leave) {
     // until we are resumed: the post action makes us resumable only after
     // the switch has saved us.
     unsafe { arch::switch(save, to, 0) };
-    finish_switch();
+    finish_switch_inline();
 }
 
 /// Performs the post-switch action left by the previous context. Called
 /// first thing by every context that was just switched to.
 #[inline(never)]
 pub(crate) fn finish_switch() {
+    finish_switch_inline()
+}
+
+/// [`finish_switch`], inlined where an actor resumes inside `switch_away`
+/// (the common case: no call, no second save of registers).
+#[inline(always)]
+fn finish_switch_inline() {
     let lp = local();
     // SAFETY: we are on a worker thread (only workers switch).
     let l = unsafe { &mut *lp };
