@@ -71,6 +71,7 @@ pub mod __private {
     //! Support for smarm's own benchmarks and tests; not a public API.
     pub use crate::global_lock::thread_count as thread_global_locks;
     pub use crate::preempt::thread_allocations;
+    pub use crate::runqueue::LOCAL_CAP as LOCAL_QUEUE_CAP;
     pub use crate::scheduler::scheduler_entries;
     pub use crate::stack::{guard_mode, pool_stats, trim as trim_stacks, PoolStats, MAX_WARM};
     pub use crate::time::raw_switch_pingpong;

@@ -39,7 +39,7 @@ use std::sync::Mutex;
 use crate::cell::ActorCell;
 
 /// Slots per local queue.
-pub(crate) const LOCAL_CAP: usize = 256;
+pub const LOCAL_CAP: usize = 256;
 const MASK: u32 = LOCAL_CAP as u32 - 1;
 
 type Task = *const ActorCell;

@@ -320,8 +320,8 @@ fn due_timers_wake_in_deadline_order() {
 /// overtake actors that were runnable before its deadline.
 #[test]
 fn a_timer_firing_behind_a_backlog_waits_its_turn() {
-    // More than a worker's local queue holds: most of it waits in the injector.
-    const BACKLOG: usize = 600;
+    // Several local queues' worth: most of it waits in the injector.
+    const BACKLOG: usize = 4 * smarm::__private::LOCAL_QUEUE_CAP;
     let rt = rt(1);
     let ran = Arc::new(AtomicUsize::new(0));
     let armed = Arc::new(AtomicBool::new(false));
@@ -367,9 +367,18 @@ fn a_timer_firing_behind_a_backlog_waits_its_turn() {
     for h in backlog {
         h.join().unwrap();
     }
-    assert_eq!(
-        before, BACKLOG,
-        "the woken sleeper overtook actors queued before its timer fired"
+    // The woken actor queues at the injector's back. The periodic injector
+    // check runs the actor it takes ahead of the local queue, so if the
+    // sleeper is the last one there, up to a local queue's worth of the
+    // backlog may still be waiting locally when it runs (how many depends on
+    // how often the check comes, which adapts to the machine's speed);
+    // everything else ran before it. Queued locally when its timer fired, it
+    // overtook all but about half a local queue's worth.
+    let bound = BACKLOG - smarm::__private::LOCAL_QUEUE_CAP;
+    assert!(
+        before >= bound,
+        "the woken sleeper overtook actors queued before its timer fired: \
+         it ran after {before} of {BACKLOG}, at least {bound} expected"
     );
 }
 
