@@ -931,20 +931,19 @@ fn switch_away(how: Leave) {
     // until we are resumed: the post action makes us resumable only after
     // the switch has saved us.
     unsafe { arch::switch(save, to, 0) };
-    finish_switch_inline();
+    // A call, never inlined: the post-switch action reaches thread-locals
+    // (the preemption state, the stack cache), and this actor may have
+    // resumed on another thread; inlined, their addresses could be the ones
+    // computed before the switch, on the thread we left (see "Thread-locals
+    // across switches" in LOOM.md; tests/preempt.rs's two-thread
+    // thread-local test failed with it inlined).
+    finish_switch();
 }
 
 /// Performs the post-switch action left by the previous context. Called
 /// first thing by every context that was just switched to.
 #[inline(never)]
 pub(crate) fn finish_switch() {
-    finish_switch_inline()
-}
-
-/// [`finish_switch`], inlined where an actor resumes inside `switch_away`
-/// (the common case: no call, no second save of registers).
-#[inline(always)]
-fn finish_switch_inline() {
     let lp = local();
     // SAFETY: we are on a worker thread (only workers switch).
     let l = unsafe { &mut *lp };
