@@ -73,7 +73,10 @@ pub mod __private {
     pub use crate::preempt::thread_allocations;
     pub use crate::runqueue::LOCAL_CAP as LOCAL_QUEUE_CAP;
     pub use crate::scheduler::scheduler_entries;
-    pub use crate::stack::{guard_mode, pool_stats, trim as trim_stacks, PoolStats, MAX_WARM};
+    pub use crate::stack::{
+        guard_mode, pool_stats, trim as trim_stacks, trim_idle as trim_stacks_idle, PoolStats,
+        MAX_WARM,
+    };
     pub use crate::time::raw_switch_pingpong;
 
     /// For the calling thread: (actor panics unwound by smarm's own

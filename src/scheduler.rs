@@ -1300,7 +1300,7 @@ fn idle(lp: *mut Local) {
             && woke.saturating_sub(now) >= TRIM_AFTER.as_nanos() as u64
             && !sh.has_work(me, woke)
         {
-            stack::trim();
+            stack::trim_idle();
         }
     }
     let mut idle = crate::global_lock::lock(&sh.idle);
