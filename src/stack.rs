@@ -374,12 +374,13 @@ pub fn trim() -> usize {
 /// [`trim`], but it keeps warm as many stacks as were taken from the pool
 /// since the previous idle trim (at most as many as are idle), or half of
 /// what that trim kept, whichever is more, and never fewer than
-/// [`MAX_WARM`]. A workload that comes in bursts with idle gaps (10,000
-/// actors every second, say) then finds its stacks resident at every burst
-/// instead of faulting 9,000 stacks' top pages back in each time; once the
-/// bursts stop, the kept count halves at each idle trim down to the bound
-/// (10,000 -> 1,024 in four trims, two seconds at the workers' idle
-/// period). Returns how many stacks were trimmed.
+/// [`MAX_WARM`]. A workload that comes in bursts (10,000 actors at a time,
+/// say) with idle gaps of up to about one trim period then finds its stacks
+/// resident at every burst, instead of faulting 9,000 stacks' top pages
+/// back in each time; over a longer gap, or once the bursts stop, what is
+/// kept halves at each idle trim, down to the bound (10,000 -> 1,024 in
+/// four more trims, two seconds at the workers' idle period). Returns how
+/// many stacks were trimmed.
 pub fn trim_idle() -> usize {
     trim_classes(true)
 }
