@@ -285,10 +285,6 @@ impl Injector {
         self.len.load(Ordering::Acquire)
     }
 
-    pub(crate) fn push(&self, task: Task) {
-        self.push_batch(std::iter::once(task));
-    }
-
     pub(crate) fn push_batch(&self, tasks: impl Iterator<Item = Task>) {
         let _np = crate::preempt::disable();
         let mut q = crate::global_lock::lock(&self.queue);

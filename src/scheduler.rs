@@ -340,7 +340,13 @@ impl Shared {
 
     /// Pushes a runnable actor from a thread that is not one of ours.
     pub(crate) fn inject(&self, t: Task) {
-        self.injector.push(t);
+        self.inject_all(std::iter::once(t));
+    }
+
+    /// Pushes runnable actors to the back of the injector (one lock) and
+    /// wakes an idle worker for them.
+    pub(crate) fn inject_all(&self, ts: impl Iterator<Item = Task>) {
+        self.injector.push_batch(ts);
         self.notify_one();
     }
 }
@@ -741,7 +747,7 @@ const FIRE_BATCH: usize = 32;
 
 /// Fires the due timers of worker `wi`'s heap: the actors are unparked in
 /// deadline order, in batches of up to [`FIRE_BATCH`] taken under the heap's
-/// lock (fixed arrays: firing allocates nothing). Returns how many fired.
+/// lock (a fixed array: firing allocates nothing). Returns how many fired.
 ///
 /// Where a woken actor queues: first come, first served. Normally at the
 /// back of the calling thread's local queue (when it is a worker of this
@@ -792,8 +798,7 @@ pub(crate) fn fire_timers(sh: &Shared, wi: usize, now: u64) -> usize {
             }
         }
         if m > 0 {
-            sh.injector.push_batch(batch[..m].iter().copied());
-            sh.notify_one();
+            sh.inject_all(batch[..m].iter().copied());
         }
         n += k;
         if k < FIRE_BATCH {
