@@ -432,8 +432,14 @@ pub(crate) fn alloc(c: u8) -> io::Result<Stack> {
             class(c).take(list, BATCH)?;
         }
         let base = list.pop().expect("refilled");
+        let slot = class(c).slot_size;
         if let Some(&next) = list.last() {
-            prefetch_top(next + class(c).slot_size);
+            prefetch_top(next + slot);
+        }
+        if list.len() % WALK_GROUP == 0 && list.len() > WALK_GROUP {
+            // The group after `next`: the last WALK_GROUP stacks but one.
+            let n = list.len();
+            start_walks(&list[n - 1 - WALK_GROUP..n - 1], slot);
         }
         Ok::<usize, io::Error>(base)
     });
@@ -471,6 +477,35 @@ fn prefetch_top(top: usize) {
         unsafe {
             core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
                 (top - 64 - line * 64) as *const i8,
+            )
+        };
+    }
+}
+
+/// Stacks whose page walks [`start_walks`] starts together.
+const WALK_GROUP: usize = 4;
+
+/// Starts the page-table walks for the top pages of `bases` (stacks the
+/// next few `alloc`s on this thread hand out), all at once: one prefetch
+/// of each top line. With thousands of live actors their stacks' top pages
+/// (one per actor) outnumber the second-level TLB's entries, so a pooled
+/// stack's page is rarely mapped there, and a prefetch that misses the TLB
+/// holds up the core until its walk ends. [`prefetch_top`] one stack ahead
+/// therefore waited for one walk per stack; walks started together
+/// overlap (the core has several page walkers), so the group's cost is
+/// about one walk. Measured (with and without, alternating in one process)
+/// on 10,000 actors spawned at once by one actor on one worker: 6-9% less
+/// time per round when each sleeps 1-10 ms (`many_timers`), 11-16% less
+/// when each yields once; stack `alloc` fell from 17% of the worker's
+/// samples to 10% (`perf record -e cpu-clock`).
+#[inline]
+fn start_walks(bases: &[usize], slot: usize) {
+    for &b in bases {
+        // SAFETY: `_mm_prefetch` has no memory-safety preconditions (and
+        // this is mapped memory of an idle stack).
+        unsafe {
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                (b + slot - 64) as *const i8,
             )
         };
     }
