@@ -691,9 +691,7 @@ macro_rules! join {
 /// queue. On a plain thread, `std::thread::yield_now`.
 #[inline]
 pub fn yield_now() {
-    if scheduler::in_actor() {
-        scheduler::yield_actor();
-    } else {
+    if !scheduler::try_yield() {
         std::thread::yield_now();
     }
 }
