@@ -51,7 +51,8 @@ pub(crate) struct LocalQueue {
     head: AtomicU32,
     _pad: [u8; 60],
     tail: AtomicU32,
-    buf: Box<[AtomicPtr<ActorCell>]>,
+    /// A fixed-size ring: indices masked with [`MASK`] need no bounds check.
+    buf: Box<[AtomicPtr<ActorCell>; LOCAL_CAP]>,
     /// False on a one-thread runtime: nobody steals, so the owner's pop
     /// needs no CAS.
     stealable: bool,
@@ -64,9 +65,7 @@ impl LocalQueue {
             head: AtomicU32::new(0),
             _pad: [0; 60],
             tail: AtomicU32::new(0),
-            buf: (0..LOCAL_CAP)
-                .map(|_| AtomicPtr::new(ptr::null_mut()))
-                .collect(),
+            buf: Box::new([const { AtomicPtr::new(ptr::null_mut()) }; LOCAL_CAP]),
         }
     }
 
