@@ -13,11 +13,11 @@
 //! thread.
 //!
 //! The compute-bound pair (`fan_out_compute`, `multi_thread_scaling`) sits at parity, and
-//! `deep_recursion` (a working set of 500 stacks) runs at two speeds a third apart as the machine
-//! around it changes, for seconds at a time; so these are measured `paired`: both runtimes alive,
-//! each criterion sample of one also timing as many runs of the other right after it, and a
-//! `paired:` line with the medians of those samples and of their ratios, which sweep.py reports
-//! for them.
+//! `deep_recursion` (a working set of 500 stacks) and `many_timers` (first runs on 10,000 stacks)
+//! run at speeds that change with the machine for seconds at a time; so these are measured
+//! `paired`: both runtimes alive, each criterion sample of one also timing as many runs of the
+//! other right after it, and a `paired:` line with the medians of those samples and of their
+//! ratios, which sweep.py reports for them. `switch` is paired with its raw floor the same way.
 //!
 //! `cargo bench --bench general -- --quick` runs the suite in a few minutes; `cargo bench --bench
 //! general -- skynet` runs one bench.
@@ -1198,47 +1198,51 @@ fn switch(c: &mut Criterion) {
     let mut g = c.benchmark_group("switch");
     heavy(&mut g);
     g.throughput(Throughput::Elements(SWITCHES));
-
-    let mut rt = None;
-    let mut sm_log = Vec::new();
-    g.bench_function("smarm/st", |b| {
-        let rt = rt.get_or_insert_with(|| smarm_rt(1));
-        timed(b, &mut sm_log, || {
-            rt.block_on(|| {
-                let yielder = || {
-                    for _ in 0..SWITCHES / 2 {
-                        smarm::yield_now();
-                    }
-                };
-                let a = smarm::spawn(yielder);
-                let b = smarm::spawn(yielder);
-                a.join().expect("yielder failed");
-                b.join().expect("yielder failed");
-            })
+    let rt = std::cell::OnceCell::new();
+    let sm = || {
+        rt.get_or_init(|| smarm_rt(1)).block_on(|| {
+            let yielder = || {
+                for _ in 0..SWITCHES / 2 {
+                    smarm::yield_now();
+                }
+            };
+            let a = smarm::spawn(yielder);
+            let b = smarm::spawn(yielder);
+            a.join().expect("yielder failed");
+            b.join().expect("yielder failed");
+        })
+    };
+    // A round trip of raw_switch_pingpong is two switches.
+    let raw = || {
+        black_box(smarm::__private::raw_switch_pingpong(SWITCHES / 2));
+    };
+    // Paired like the compute benches: the two code paths slow down unequally in the machine's
+    // slow spells (the wide switch path more than the two-instruction floor), so each sample of
+    // one is timed beside as many runs of the other.
+    let mut pairs = Pairs::default();
+    for smarm_side in [true, false] {
+        let id = if smarm_side {
+            "smarm/st"
+        } else {
+            "raw_floor/st"
+        };
+        g.bench_function(id, |b| {
+            b.iter_custom(|iters| pairs.call(iters, smarm_side, sm, raw));
         });
-    });
+    }
+    g.finish();
     drop(rt);
 
-    // A round trip of raw_switch_pingpong is two switches.
-    let mut raw_log = Vec::new();
-    g.bench_function("raw_floor/st", |b| {
-        b.iter_custom(|iters| {
-            let el: Duration = (0..iters)
-                .map(|_| smarm::__private::raw_switch_pingpong(SWITCHES / 2))
-                .sum();
-            raw_log.push(el.as_secs_f64() / iters as f64);
-            el
-        });
-    });
-    g.finish();
-
-    if let (Some(sm), Some(raw)) = (median(&mut sm_log), median(&mut raw_log)) {
-        let per = |s: f64| s * 1e9 / SWITCHES as f64;
+    if let Some((sm_ns, raw_ns, ratio, n)) = pairs.medians() {
+        // The format is read by benches/sweep.py (PAIRED_LINE).
         eprintln!(
-            "switch: smarm {:.2} ns per switch, raw floor {:.2} ns per switch ({:.1}x)",
-            per(sm),
-            per(raw),
-            sm / raw
+            "paired: switch/st smarm {sm_ns:.0} ns raw_floor {raw_ns:.0} ns ratio {ratio:.4} ({n} pairs)"
+        );
+        let per = |ns: f64| ns / SWITCHES as f64;
+        eprintln!(
+            "switch: smarm {:.2} ns per switch, raw floor {:.2} ns per switch ({ratio:.2}x, the median of {n} interleaved pairs)",
+            per(sm_ns),
+            per(raw_ns)
         );
     }
 }

@@ -43,7 +43,9 @@ bench's smarm and tokio benchmarks together with as many runs of the other runti
 and prints the medians of those interleaved samples and of their ratios as `paired: <bench>/<config>
 smarm <ns> ns tokio <ns> ns ratio <r> (<n> pairs)`. Those replace criterion's medians and their ratio
 for that bench and config (the JSON says `"source": "paired"`, the table notes `paired`); the
-median of the pairs' ratios is what machine noise moves least.
+median of the pairs' ratios is what machine noise moves least. `switch` is paired with its reference
+the same way (`paired: switch/st smarm <ns> ns raw_floor <ns> ns ratio <r> (<n> pairs)`): its ratio
+to the raw floor is then the median of the pairs' ratios too.
 
 Regressions: `run --save-baseline` stores the results; `regress` runs the suite again and, for every
 bench present in both, computes change = (ratio now / ratio in baseline - 1) * 100 on the
@@ -248,9 +250,10 @@ _NOT_AN_ID = re.compile(
 
 
 # general.rs's line with the medians of a paired bench's interleaved samples (see the docstring).
+# The second runtime is tokio, or a reference such as raw_floor.
 PAIRED_LINE = re.compile(
-    r"^paired: (?P<key>\S+) smarm (?P<smarm>" + _NUM + r") ns tokio (?P<tokio>" + _NUM
-    + r") ns ratio (?P<ratio>" + _NUM + r") \((?P<pairs>\d+) pairs\)$"
+    r"^paired: (?P<key>\S+) smarm (?P<smarm>" + _NUM + r") ns (?P<other>[A-Za-z_]\w*) (?P<theirs>"
+    + _NUM + r") ns ratio (?P<ratio>" + _NUM + r") \((?P<pairs>\d+) pairs\)$"
 )
 
 
@@ -331,8 +334,9 @@ def read_estimates(criterion_dir, since=None):
 
 
 def parse_paired(lines):
-    """Read general.rs's 'paired:' lines: ({"<bench>/smarm/<config>": ns, "<bench>/tokio/<config>":
-    ns}, {"<bench>/<config>": ratio}), in order; a later line for the same key wins."""
+    """Read general.rs's 'paired:' lines: ({"<bench>/smarm/<config>": ns, "<bench>/<other>/<config>":
+    ns}, {"<bench>/<config>": ratio}), in order; a later line for the same key wins. <other> is
+    tokio, or a reference such as raw_floor (whose ratio becomes the row's reference ratio)."""
     medians, ratios = {}, {}
     for raw in lines:
         m = PAIRED_LINE.match(strip_ansi(raw).strip())
@@ -342,7 +346,7 @@ def parse_paired(lines):
         if not bench:
             continue
         medians[f"{bench}/smarm/{config}"] = float(m.group("smarm"))
-        medians[f"{bench}/tokio/{config}"] = float(m.group("tokio"))
+        medians[f"{bench}/{m.group('other')}/{config}"] = float(m.group("theirs"))
         ratios[m.group("key")] = float(m.group("ratio"))
     return medians, ratios
 
@@ -384,6 +388,8 @@ class Row:
     # A paired bench's ratio: the median of its pairs' ratios, which the medians' ratio only
     # approximates.
     paired_ratio: float = None
+    # The same for a bench paired with its reference (switch against raw_floor).
+    paired_reference_ratio: float = None
 
     @property
     def key(self):
@@ -420,6 +426,8 @@ class Row:
 
     @property
     def reference_ratio(self):
+        if self.paired_reference_ratio is not None:
+            return self.paired_reference_ratio
         return _ratio(self.smarm_ns, self.reference_ns)
 
 
@@ -438,7 +446,11 @@ def pair_results(medians, paired_ratios=None):
         row = rows.setdefault((bench, config), Row(bench, config))
         row.runtimes.setdefault(runtime or "?", ns)
     for row in rows.values():
-        row.paired_ratio = (paired_ratios or {}).get(row.key)
+        r = (paired_ratios or {}).get(row.key)
+        if row.tokio_ns is None and row.reference:
+            row.paired_reference_ratio = r
+        else:
+            row.paired_ratio = r
     return list(rows.values())
 
 

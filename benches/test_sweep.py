@@ -333,6 +333,25 @@ class PairedTest(unittest.TestCase):
         self.assertTrue(line.endswith("SLOWER paired"), line)
         self.assertNotIn("paired", next(l for l in table.splitlines() if l.startswith("chained")))
 
+    def test_a_bench_paired_with_its_reference(self):
+        lines = ["paired: switch/st smarm 24000000 ns raw_floor 12500000 ns ratio 1.9 (20 pairs)"]
+        medians = {"switch/smarm/st": 30.0e6, "switch/raw_floor/st": 10.0e6}
+        sources = {k: "estimates" for k in medians}
+        paired_medians, ratios = sweep.parse_paired(lines)
+        self.assertEqual(paired_medians, {"switch/smarm/st": 24.0e6, "switch/raw_floor/st": 12.5e6})
+        self.assertEqual(ratios, {"switch/st": 1.9})
+        sweep.apply_paired(medians, sources, paired_medians)
+        rows = sweep.pair_results(medians, ratios)
+        out = sweep.rows_to_json(rows, sources)
+        # The median of the pairs' ratios, not the ratio of the medians (1.92).
+        self.assertEqual(out["switch/st"]["reference_ratio"], 1.9)
+        self.assertIsNone(out["switch/st"]["ratio"])
+        self.assertEqual(out["switch/st"]["reference_ns"], 12.5e6)
+        table = sweep.format_table(rows, sources)
+        line = next(l for l in table.splitlines() if l.startswith("switch"))
+        self.assertIn("info: 1.90x raw_floor", line)
+        self.assertNotIn("SLOWER", line)
+
 
 class RegressionTest(unittest.TestCase):
     BASE = {"a/st": entry(100.0, 100.0), "b/st": entry(200.0, 100.0), "c/st": entry(50.0, 100.0)}
