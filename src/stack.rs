@@ -472,14 +472,18 @@ fn prefetch_top(top: usize) {
     // A fixed count, so that the loop unrolls into bare prefetch
     // instructions with immediate offsets.
     for line in 0..PREFETCH_TOP / 64 {
-        // SAFETY: `_mm_prefetch` has no memory-safety preconditions: a
-        // prefetch never faults (and this is mapped memory of an idle stack).
-        unsafe {
-            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
-                (top - 64 - line * 64) as *const i8,
-            )
-        };
+        prefetch_line(top - 64 - line * 64);
     }
+}
+
+/// Starts loading the cache line at `addr` (of an idle pooled stack).
+#[inline(always)]
+fn prefetch_line(addr: usize) {
+    // SAFETY: `_mm_prefetch` has no memory-safety preconditions: a prefetch
+    // never faults (and this is mapped memory of an idle stack).
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8)
+    };
 }
 
 /// Stacks whose page walks [`start_walks`] starts together.
@@ -501,13 +505,7 @@ const WALK_GROUP: usize = 4;
 #[inline]
 fn start_walks(bases: &[usize], slot: usize) {
     for &b in bases {
-        // SAFETY: `_mm_prefetch` has no memory-safety preconditions (and
-        // this is mapped memory of an idle stack).
-        unsafe {
-            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
-                (b + slot - 64) as *const i8,
-            )
-        };
+        prefetch_line(b + slot - 64);
     }
 }
 
