@@ -225,23 +225,37 @@ fn paired(
     sm: impl Fn(&SmarmRt),
     tk: impl Fn(&TokioRt),
 ) -> Option<(f64, f64)> {
-    let mut rts: Option<(SmarmRt, TokioRt)> = None;
+    let rts = std::cell::OnceCell::new();
+    let rt = || rts.get_or_init(|| (sm_rt(), tk_rt()));
+    let medians = interleaved(g, bench, config, "tokio", || sm(&rt().0), || tk(&rt().1));
+    drop(rts);
+    medians.map(|(sm_ns, tk_ns, _, _)| (sm_ns, tk_ns))
+}
+
+/// Benchmarks `sm` as `smarm/<config>` and `theirs` as `<other>/<config>` in interleaved pairs
+/// (as [`paired`] describes), prints the `paired:` line and returns the medians (ns) of both
+/// sides, the median of the pairs' ratios and the number of pairs.
+fn interleaved(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    bench: &str,
+    config: &str,
+    other: &str,
+    sm: impl Fn(),
+    theirs: impl Fn(),
+) -> Option<(f64, f64, f64, usize)> {
     let mut pairs = Pairs::default();
     for smarm_side in [true, false] {
-        let id = format!("{}/{config}", if smarm_side { "smarm" } else { "tokio" });
+        let id = format!("{}/{config}", if smarm_side { "smarm" } else { other });
         g.bench_function(id, |b| {
-            let (s, t) = rts.get_or_insert_with(|| (sm_rt(), tk_rt()));
-            let (s, t) = (&*s, &*t);
-            b.iter_custom(|iters| pairs.call(iters, smarm_side, || sm(s), || tk(t)));
+            b.iter_custom(|iters| pairs.call(iters, smarm_side, &sm, &theirs));
         });
     }
-    drop(rts);
-    let (sm_ns, tk_ns, ratio, n) = pairs.medians()?;
+    let (sm_ns, their_ns, ratio, n) = pairs.medians()?;
     // The format is read by benches/sweep.py (PAIRED_LINE).
     eprintln!(
-        "paired: {bench}/{config} smarm {sm_ns:.0} ns tokio {tk_ns:.0} ns ratio {ratio:.4} ({n} pairs)"
+        "paired: {bench}/{config} smarm {sm_ns:.0} ns {other} {their_ns:.0} ns ratio {ratio:.4} ({n} pairs)"
     );
-    Some((sm_ns, tk_ns))
+    Some((sm_ns, their_ns, ratio, n))
 }
 
 /// [`paired`] in both configurations (`st`, `mt`).
@@ -1219,25 +1233,11 @@ fn switch(c: &mut Criterion) {
     // Paired like the compute benches: the two code paths slow down unequally in the machine's
     // slow spells (the wide switch path more than the two-instruction floor), so each sample of
     // one is timed beside as many runs of the other.
-    let mut pairs = Pairs::default();
-    for smarm_side in [true, false] {
-        let id = if smarm_side {
-            "smarm/st"
-        } else {
-            "raw_floor/st"
-        };
-        g.bench_function(id, |b| {
-            b.iter_custom(|iters| pairs.call(iters, smarm_side, sm, raw));
-        });
-    }
+    let medians = interleaved(&mut g, "switch", "st", "raw_floor", sm, raw);
     g.finish();
     drop(rt);
 
-    if let Some((sm_ns, raw_ns, ratio, n)) = pairs.medians() {
-        // The format is read by benches/sweep.py (PAIRED_LINE).
-        eprintln!(
-            "paired: switch/st smarm {sm_ns:.0} ns raw_floor {raw_ns:.0} ns ratio {ratio:.4} ({n} pairs)"
-        );
+    if let Some((sm_ns, raw_ns, ratio, n)) = medians {
         let per = |ns: f64| ns / SWITCHES as f64;
         eprintln!(
             "switch: smarm {:.2} ns per switch, raw floor {:.2} ns per switch ({ratio:.2}x, the median of {n} interleaved pairs)",

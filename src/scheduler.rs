@@ -1654,9 +1654,7 @@ pub(crate) fn yield_before_blocking() -> bool {
 
 /// Voluntary yield of the running actor.
 pub(crate) fn yield_actor() {
-    let lp = local();
-    let c = current_of(lp).expect("yield outside an actor");
-    yield_from(lp, c);
+    assert!(try_yield(), "yield outside an actor");
 }
 
 /// `yield_now`: yields the running actor; false (and nothing done) outside
@@ -1666,17 +1664,10 @@ pub(crate) fn try_yield() -> bool {
     let Some(c) = current_of(lp) else {
         return false;
     };
-    yield_from(lp, c);
-    true
-}
-
-/// Yields `c`, the running actor of the worker whose state `lp` is (read
-/// on this thread since the last switch).
-#[inline(always)]
-fn yield_from(lp: *mut Local, c: &'static ActorCell) {
     pin_if_unwinding(c);
     switch_away(lp, Leave::Yield);
     check_kill(c);
+    true
 }
 
 /// True when the running actor has a kill waiting to be delivered.
