@@ -170,6 +170,9 @@ impl Pairs {
     /// time of the side criterion is measuring.
     fn call(&mut self, iters: u64, smarm_side: bool, sm: impl Fn(), tk: impl Fn()) -> Duration {
         let time = |f: &dyn Fn()| {
+            // One untimed run first: the other side's turn has left this side's threads asleep
+            // and its data out of the caches (see the note on `paired`).
+            f();
             let t = Instant::now();
             for _ in 0..iters {
                 f();
@@ -217,6 +220,15 @@ impl Pairs {
 /// second apart share the drift. Prints the medians of these paired samples and of their ratios
 /// as a `paired:` line, which `benches/sweep.py` takes in place of criterion's medians and their
 /// ratio, and returns the two medians (ns).
+///
+/// Each side's turn starts with one untimed run. Without it the turn's first run carried the cost
+/// of the switch between runtimes, which falls on one side only: while tokio's `current_thread`
+/// twin ran on the calling thread, smarm's worker slept on the other CPU, and the first
+/// `deep_recursion` round after 20 of tokio's took 260-420 µs against 130-150 for the rounds after
+/// it (the worker's wake-up on an idle virtual CPU, then a slow start on it). How much of that a
+/// sample carried depended on how many runs criterion put in it. The turns now compare the two in
+/// the steady state that the unpaired benches measure; the cost of a cold `block_on` is recorded in
+/// LOOM.md's limitations and in BENCHMARKS.md.
 fn paired(
     g: &mut BenchmarkGroup<'_, WallTime>,
     bench: &str,
