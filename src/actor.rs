@@ -570,13 +570,14 @@ impl<T> JoinHandle<T> {
         let _rel = Release(c);
         // An actor that joins itself would wait for ever (std's join of the
         // current thread fails the same way, with EDEADLK).
-        if scheduler::current_cell().is_some_and(|me| ptr::eq(me, c)) {
+        let me = scheduler::current_cell();
+        if me.is_some_and(|me| ptr::eq(me, c)) {
             panic!(
                 "smarm: actor {} joined its own JoinHandle, which would wait for ever",
                 c.pid()
             );
         }
-        let plain = !scheduler::in_actor();
+        let plain = me.is_none();
         // Some(..) only for the plain thread of a `block_on`.
         let spare_core = if plain {
             scheduler::block_on_spare_core()
@@ -593,7 +594,10 @@ impl<T> JoinHandle<T> {
             c.state.fetch_or(JOIN_WAITING, Ordering::AcqRel);
         };
         // The wait is timed only in `block_on` (for the next one's plan).
-        let (start_tsc, start_time) = (crate::preempt::rdtsc(), spare_core.map(|_| Instant::now()));
+        let (start_tsc, start_time) = match spare_core {
+            Some(_) => (crate::preempt::rdtsc(), Some(Instant::now())),
+            None => (0, None),
+        };
         if plain {
             // A plain thread (say, in `block_on`) spins first: the actor
             // often finishes within microseconds, and waking a parked thread
@@ -639,7 +643,12 @@ impl<T> JoinHandle<T> {
                 register();
             }
             while !done() {
-                park::park();
+                if plain {
+                    std::thread::park();
+                } else {
+                    // An actor parks (no second look at the thread-local).
+                    scheduler::park_actor(None);
+                }
             }
         }
         if let Some(t0) = start_time {
