@@ -224,7 +224,7 @@ impl Pairs {
 /// Each side's turn starts with one untimed run. Without it the turn's first run carried the cost
 /// of the switch between runtimes, which falls on one side only: while tokio's `current_thread`
 /// twin ran on the calling thread, smarm's worker slept on the other CPU, and the first
-/// `deep_recursion` round after 20 of tokio's took 260-420 µs against 130-150 for the rounds after
+/// `deep_recursion` round after 20 of tokio's took 260-420 µs against 130-175 for the rounds after
 /// it (the worker's wake-up on an idle virtual CPU, then a slow start on it). How much of that a
 /// sample carried depended on how many runs criterion put in it. The turns now compare the two in
 /// the steady state that the unpaired benches measure; the cost of a cold `block_on` is recorded in
