@@ -643,12 +643,8 @@ impl<T> JoinHandle<T> {
                 register();
             }
             while !done() {
-                if plain {
-                    std::thread::park();
-                } else {
-                    // An actor parks (no second look at the thread-local).
-                    scheduler::park_actor(None);
-                }
+                // No second look at the thread-local.
+                park::park_in(!plain);
             }
         }
         if let Some(t0) = start_time {

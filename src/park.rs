@@ -95,7 +95,14 @@ pub(crate) fn current() -> Unparker {
 /// May return spuriously. In an actor, may unwind with `Killed`.
 #[inline]
 pub(crate) fn park() {
-    if scheduler::in_actor() {
+    park_in(scheduler::in_actor());
+}
+
+/// [`park`] for a caller that already knows whether it runs in an actor
+/// (`in_actor`, fixed for a context: an actor stays one when it migrates).
+#[inline]
+pub(crate) fn park_in(in_actor: bool) {
+    if in_actor {
         scheduler::park_actor(None);
     } else {
         std::thread::park();
